@@ -1,0 +1,505 @@
+//! The catalog: connectors as data, embedded in the binary and extendable
+//! with `--catalog DIR`. Operation references are resolved here once, at
+//! validation, into [`OpRef`]s.
+
+pub mod model;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+pub use model::*;
+
+use crate::diagnostic::Diagnostic;
+use crate::duration::parse_duration;
+use crate::jsonpath;
+use crate::template;
+use crate::yaml::{self, Pos};
+
+/// The connector files built into the binary.
+const BUILTIN: &[(&str, &str)] = &[
+    ("ghl.yaml", include_str!("connectors/ghl.yaml")),
+    ("ghl_v1.yaml", include_str!("connectors/ghl_v1.yaml")),
+    ("sendpulse.yaml", include_str!("connectors/sendpulse.yaml")),
+    ("store.yaml", include_str!("connectors/store.yaml")),
+    ("http.yaml", include_str!("connectors/http.yaml")),
+];
+
+/// One loaded connector and the file it came from.
+#[derive(Debug)]
+pub struct Connector {
+    /// The declaration.
+    pub def: ConnectorDef,
+    /// `builtin:ghl.yaml` or the path of an override file.
+    pub source: String,
+}
+
+/// A resolved reference to one operation.
+#[derive(Debug, Clone)]
+pub struct OpRef {
+    connector: Arc<Connector>,
+    index: usize,
+}
+
+impl OpRef {
+    /// `connector.operation`, e.g. `ghl.contacts.create`.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.connector.def.connector, self.name())
+    }
+
+    /// The operation name without the connector (`contacts.create`).
+    pub fn name(&self) -> &str {
+        self.connector
+            .def
+            .operations
+            .get_index(self.index)
+            .expect("index valid")
+            .0
+    }
+
+    /// The operation declaration.
+    pub fn def(&self) -> &OperationDef {
+        self.connector
+            .def
+            .operations
+            .get_index(self.index)
+            .expect("index valid")
+            .1
+    }
+
+    /// The connector declaration.
+    pub fn connector(&self) -> &ConnectorDef {
+        &self.connector.def
+    }
+
+    /// Whether this is a trigger (webhook or poll).
+    pub fn is_trigger(&self) -> bool {
+        self.def().kind != OpKind::Action
+    }
+}
+
+/// All connectors known to one engine or validation run.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    connectors: IndexMap<String, Arc<Connector>>,
+}
+
+impl Catalog {
+    /// The built-in connectors. They are checked by tests, so a failure
+    /// here is a bug in the binary.
+    pub fn builtin() -> Catalog {
+        let mut cat = Catalog::default();
+        for (name, text) in BUILTIN {
+            let source = format!("builtin:{name}");
+            match parse_connector(&source, text) {
+                Ok(c) => cat.insert(c),
+                Err(d) => panic!("built-in connector is invalid: {}", d[0].one_line()),
+            }
+        }
+        cat
+    }
+
+    /// The built-in connectors plus every `*.yaml`/`*.yml` in `dir`, which
+    /// add connectors or replace built-in ones of the same name.
+    pub fn with_dir(dir: &Path) -> Result<(Catalog, Vec<Diagnostic>), std::io::Error> {
+        let mut cat = Catalog::builtin();
+        let mut diags = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path)?;
+            let source = path.display().to_string();
+            match parse_connector(&source, &text) {
+                Ok(c) => cat.insert(c),
+                Err(mut d) => diags.append(&mut d),
+            }
+        }
+        Ok((cat, diags))
+    }
+
+    fn insert(&mut self, c: Connector) {
+        self.connectors.insert(c.def.connector.clone(), Arc::new(c));
+    }
+
+    /// A connector by name.
+    pub fn connector(&self, name: &str) -> Option<&ConnectorDef> {
+        self.connectors.get(name).map(|c| &c.def)
+    }
+
+    /// All connectors.
+    pub fn connectors(&self) -> impl Iterator<Item = &ConnectorDef> {
+        self.connectors.values().map(|c| &c.def)
+    }
+
+    /// Resolves `connector.operation`.
+    pub fn op(&self, id: &str) -> Option<OpRef> {
+        let (conn, name) = id.split_once('.')?;
+        let c = self.connectors.get(conn)?;
+        let index = c.def.operations.get_index_of(name)?;
+        Some(OpRef {
+            connector: c.clone(),
+            index,
+        })
+    }
+
+    /// Every operation of every connector.
+    pub fn operations(&self) -> impl Iterator<Item = OpRef> + '_ {
+        self.connectors.values().flat_map(|c| {
+            (0..c.def.operations.len()).map(move |index| OpRef {
+                connector: c.clone(),
+                index,
+            })
+        })
+    }
+
+    /// Every operation id, for suggestions.
+    pub fn operation_ids(&self) -> Vec<String> {
+        self.operations().map(|o| o.id()).collect()
+    }
+}
+
+/// Parses and checks one connector file; every diagnostic carries
+/// `file:line:col`.
+pub fn parse_connector(file: &str, text: &str) -> Result<Connector, Vec<Diagnostic>> {
+    let (root, dups) =
+        yaml::parse(text).map_err(|e| vec![Diagnostic::error(file, e.pos, e.code, e.message)])?;
+    if !dups.is_empty() {
+        return Err(dups
+            .into_iter()
+            .map(|e| Diagnostic::error(file, e.pos, e.code, e.message))
+            .collect());
+    }
+    let json = root.to_json();
+    let def: ConnectorDef = match serde_path_to_error::deserialize(&json) {
+        Ok(d) => d,
+        Err(e) => {
+            let pointer = to_pointer(e.path());
+            let inner = e.into_inner().to_string();
+            // Unknown keys are reported at the key itself.
+            let pos = unknown_field(&inner)
+                .and_then(|f| {
+                    root.key_at_pointer(&pointer)
+                        .filter(|k| k.key_string() == f)
+                        .or_else(|| root.key_at_pointer(&format!("{pointer}/{f}")))
+                })
+                .map(|k| k.span.start)
+                .or_else(|| root.at_pointer(&pointer).map(|n| n.span.start))
+                .unwrap_or(Pos::new(1, 1));
+            let at = if pointer.is_empty() {
+                "/".to_string()
+            } else {
+                pointer
+            };
+            return Err(vec![Diagnostic::error(
+                file,
+                pos,
+                "invalid-connector",
+                format!("at {at}: {inner}"),
+            )]);
+        }
+    };
+    let diags = check_connector(file, &root, &def);
+    if diags.is_empty() {
+        Ok(Connector {
+            def,
+            source: file.to_string(),
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+fn to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut s = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => s.push_str(&format!("/{index}")),
+            Segment::Map { key } => {
+                s.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")))
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    s
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Semantic checks serde cannot do: path params declared, JSONPaths and
+/// templates compile, durations parse, references resolve.
+fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let pos_of = |pointer: &str| {
+        root.at_pointer(pointer)
+            .map(|n| n.span.start)
+            .unwrap_or(Pos::new(1, 1))
+    };
+    let mut err = |pointer: &str, msg: String| {
+        diags.push(Diagnostic::error(
+            file,
+            pos_of(pointer),
+            "invalid-connector",
+            msg,
+        ));
+    };
+    for (i, w) in def.rate_limits.iter().enumerate() {
+        if let Err(e) = parse_duration(&w.per) {
+            err(&format!("/rate_limits/{i}/per"), e.to_string());
+        }
+    }
+    if let Some(t) = &def.timeout {
+        if let Err(e) = parse_duration(t) {
+            err("/timeout", e.to_string());
+        }
+    }
+    if let Some(r) = &def.retry {
+        for (k, v) in [("backoff", &r.backoff), ("max_backoff", &r.max_backoff)] {
+            if let Err(e) = parse_duration(v) {
+                err(&format!("/retry/{k}"), e.to_string());
+            }
+        }
+    }
+    let has_field = |f: &str| def.connection.contains_key(f);
+    let mut fields_used: Vec<(&str, String)> = Vec::new();
+    match &def.auth {
+        Auth::None => {}
+        Auth::Bearer { token, refresh } => {
+            fields_used.push((token, "/auth/token".into()));
+            if let Some(r) = refresh {
+                fields_used.push((&r.refresh_token, "/auth/refresh/refresh_token".into()));
+                fields_used.push((&r.client_id, "/auth/refresh/client_id".into()));
+                fields_used.push((&r.client_secret, "/auth/refresh/client_secret".into()));
+            }
+        }
+        Auth::ApiKeyHeader { key, .. } => fields_used.push((key, "/auth/key".into())),
+        Auth::Oauth2ClientCredentials {
+            client_id,
+            client_secret,
+            static_token,
+            ..
+        } => {
+            fields_used.push((client_id, "/auth/client_id".into()));
+            fields_used.push((client_secret, "/auth/client_secret".into()));
+            if let Some(s) = static_token {
+                fields_used.push((s, "/auth/static_token".into()));
+            }
+        }
+    }
+    if let Some(w) = &def.webhook {
+        match &w.verify {
+            WebhookVerify::None => {}
+            WebhookVerify::Token { token } => {
+                fields_used.push((token, "/webhook/verify/token".into()))
+            }
+            WebhookVerify::Ed25519 {
+                public_key,
+                max_age,
+                ..
+            } => {
+                fields_used.push((public_key, "/webhook/verify/public_key".into()));
+                if let Err(e) = parse_duration(max_age) {
+                    err("/webhook/verify/max_age", e.to_string());
+                }
+            }
+            WebhookVerify::Hmac { secret, .. } => {
+                fields_used.push((secret, "/webhook/verify/secret".into()))
+            }
+        }
+    }
+    for (name, def_op) in &def.operations {
+        let base = format!("/operations/{}", name.replace('~', "~0").replace('/', "~1"));
+        for (input, idef) in &def_op.inputs {
+            if let Some(f) = &idef.from_connection {
+                fields_used.push((f, format!("{base}/inputs/{input}/from_connection")));
+            }
+        }
+    }
+    for (field, pointer) in fields_used {
+        if !has_field(field) {
+            err(
+                &pointer,
+                format!("connection field `{field}` is not declared under `connection:`"),
+            );
+        }
+    }
+
+    for (name, op) in &def.operations {
+        let base = format!("/operations/{name}");
+        match op.kind {
+            OpKind::Action => {
+                let http = op.method.is_some() || op.path.is_some();
+                if http == op.native.is_some() {
+                    err(&base, format!("operation `{name}` needs either `method` and `path` (HTTP) or `native`, not both"));
+                }
+                if http && (op.method.is_none() || op.path.is_none()) {
+                    err(
+                        &base,
+                        format!("operation `{name}` needs both `method` and `path`"),
+                    );
+                }
+            }
+            OpKind::Webhook => {
+                if def.webhook.is_none() {
+                    err(
+                        &base,
+                        format!(
+                            "webhook trigger `{name}` needs a connector-level `webhook:` block"
+                        ),
+                    );
+                }
+            }
+            OpKind::Poll => match &op.poll {
+                None => err(
+                    &base,
+                    format!("poll trigger `{name}` needs a `poll:` block"),
+                ),
+                Some(p) => {
+                    match def.operations.get(&p.operation) {
+                        Some(list) if list.kind == OpKind::Action => {
+                            if !list.inputs.contains_key(&p.cursor_input) {
+                                err(
+                                    &format!("{base}/poll/cursor_input"),
+                                    format!("`{}` has no input `{}`", p.operation, p.cursor_input),
+                                );
+                            }
+                        }
+                        _ => err(
+                            &format!("{base}/poll/operation"),
+                            format!(
+                                "no action `{}` in connector `{}`",
+                                p.operation, def.connector
+                            ),
+                        ),
+                    }
+                    if let Err(e) = jsonpath::compile(&p.records) {
+                        err(&format!("{base}/poll/records"), e);
+                    }
+                }
+            },
+        }
+        if let Some(path) = &op.path {
+            for param in path_params(path) {
+                match op.inputs.get(param) {
+                    Some(i) if i.location == InputLocation::Path => {}
+                    _ => err(
+                        &format!("{base}/path"),
+                        format!("path parameter `{{{param}}}` has no input with `in: path`"),
+                    ),
+                }
+            }
+            for (input, i) in &op.inputs {
+                if i.location == InputLocation::Path && !path_params(path).any(|p| p == input) {
+                    err(
+                        &format!("{base}/inputs/{input}"),
+                        format!("input `{input}` is `in: path` but the path has no `{{{input}}}`"),
+                    );
+                }
+            }
+        }
+        if let Some(out) = &op.output {
+            if let Err(e) = jsonpath::compile(out) {
+                err(&format!("{base}/output"), e);
+            }
+        }
+        if let Some(b) = &op.batch_input {
+            if op.inputs.get(b).is_none_or(|i| i.ty != ValueType::Array) {
+                err(
+                    &format!("{base}/batch_input"),
+                    format!("batch input `{b}` must be an input of type array"),
+                );
+            }
+        }
+        if let Some(p) = &op.pagination {
+            if let Err(e) = jsonpath::compile(&p.items) {
+                err(&format!("{base}/pagination/items"), e);
+            }
+            for input in [&p.limit_input, &p.offset_input, &p.page_input]
+                .into_iter()
+                .flatten()
+                .chain(p.cursor.keys())
+            {
+                if !op.inputs.contains_key(input) {
+                    err(
+                        &format!("{base}/pagination"),
+                        format!("pagination input `{input}` is not an input of `{name}`"),
+                    );
+                }
+            }
+            for path in p.cursor.values() {
+                if let Err(e) = jsonpath::compile(path) {
+                    err(&format!("{base}/pagination/cursor"), e);
+                }
+            }
+        }
+        for (k, tmpl) in [
+            ("dedupe_key", &op.dedupe_key),
+            ("ordering_key", &op.ordering_key),
+        ] {
+            if let Some(t) = tmpl {
+                if let Err(e) = template::check_syntax(t) {
+                    err(&format!("{base}/{k}"), e);
+                }
+            }
+        }
+    }
+    diags
+}
+
+/// The `{name}` parameters of a path template.
+pub fn path_params(path: &str) -> impl Iterator<Item = &str> {
+    path.split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(p, _)| p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_loads() {
+        let cat = Catalog::builtin();
+        assert!(cat.op("ghl.contacts.create").is_some());
+        assert!(cat.op("sendpulse.subscriber.added").unwrap().is_trigger());
+    }
+
+    #[test]
+    fn broken_connector_reports_file_line_col() {
+        let text = "connector: x\ntitle: X\noperations:\n  a.b:\n    title: A\n    methd: GET\n";
+        let d = parse_connector("x.yaml", text).unwrap_err();
+        assert_eq!(d[0].code, "invalid-connector");
+        assert_eq!((d[0].line, d[0].column), (6, 5), "{}", d[0].one_line());
+        assert!(
+            d[0].message.contains("unknown field `methd`"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn undeclared_path_param_is_reported() {
+        let text = "connector: x\ntitle: X\noperations:\n  a.get:\n    title: A\n    method: GET\n    path: /a/{id}\n";
+        let d = parse_connector("x.yaml", text).unwrap_err();
+        assert!(
+            d[0].message.contains("path parameter `{id}`"),
+            "{}",
+            d[0].message
+        );
+        assert_eq!(d[0].line, 7);
+    }
+
+    #[test]
+    fn wrong_type_points_at_value() {
+        let text = "connector: x\ntitle: X\nrate_limits:\n  - requests: many\n    per: 1s\noperations: {}\n";
+        let d = parse_connector("x.yaml", text).unwrap_err();
+        assert_eq!((d[0].line, d[0].column), (4, 15), "{}", d[0].one_line());
+    }
+}

@@ -1,0 +1,353 @@
+//! The command line: `validate`, `catalog`, `schema`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::catalog::{Catalog, OpKind, OpRef};
+use crate::connections::Connections;
+use crate::diagnostic::{self, Diagnostic, Format};
+use crate::recipe::load::load_paths;
+
+/// Exit code: everything valid.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: problems found.
+pub const EXIT_INVALID: i32 = 1;
+/// Exit code: usage or I/O error.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "patchbay",
+    version,
+    about = "A declarative integration engine: YAML recipes, a connector catalog, durable runs."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check recipes offline: YAML, schema, catalog references, templates, connections.
+    Validate {
+        /// Recipe files or folders (recursive); default `recipes/`.
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Extra connector files that add to or override the built-in catalog.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Connections file; without it connection checks are skipped.
+        #[arg(long)]
+        connections: Option<PathBuf>,
+        /// Fail on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// List connectors and operations, or show one operation.
+    Catalog {
+        /// An operation id (`ghl.contacts.create`) or connector name (`ghl`).
+        op: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: CatalogFormat,
+        /// Extra connector files.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Print the recipe JSON Schema (or the connector-file schema).
+    Schema {
+        /// Print the connector-file schema instead.
+        #[arg(long)]
+        connector: bool,
+    },
+}
+
+/// Output formats of `catalog`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CatalogFormat {
+    Human,
+    Json,
+}
+
+/// Runs the CLI and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    match cli.command {
+        Command::Validate {
+            paths,
+            format,
+            catalog,
+            connections,
+            deny_warnings,
+        } => validate(paths, format, catalog, connections, deny_warnings),
+        Command::Catalog {
+            op,
+            format,
+            catalog,
+        } => catalog_cmd(op, format, catalog),
+        Command::Schema { connector } => {
+            let s = if connector {
+                crate::schema::connector_schema()
+            } else {
+                crate::schema::recipe_schema()
+            };
+            print!("{s}");
+            EXIT_OK
+        }
+    }
+}
+
+/// Loads the catalog, reporting broken override files.
+fn load_catalog(dir: Option<&PathBuf>) -> Result<(Catalog, Vec<Diagnostic>), String> {
+    match dir {
+        None => Ok((Catalog::builtin(), Vec::new())),
+        Some(d) => Catalog::with_dir(d)
+            .map_err(|e| format!("cannot read catalog folder {}: {e}", d.display())),
+    }
+}
+
+fn print_diags(diags: &[Diagnostic], format: Format) {
+    let out = match format {
+        Format::Human => diagnostic::render_human(diags, &diagnostic::read_source),
+        Format::Json => diagnostic::render_json(diags),
+        Format::Github => diagnostic::render_github(diags),
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn validate(
+    paths: Vec<PathBuf>,
+    format: Format,
+    catalog: Option<PathBuf>,
+    connections: Option<PathBuf>,
+    deny_warnings: bool,
+) -> i32 {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("recipes")]
+    } else {
+        paths
+    };
+    let (catalog, mut diags) = match load_catalog(catalog.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let conns = match &connections {
+        None => None,
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot read connections file {}: {e}",
+                        path.display()
+                    );
+                    return EXIT_USAGE;
+                }
+            };
+            match Connections::parse(&path.display().to_string(), &text, &catalog) {
+                Ok(c) => Some(c),
+                Err(mut d) => {
+                    diags.append(&mut d);
+                    None
+                }
+            }
+        }
+    };
+    let loaded = match load_paths(&paths, &catalog, conns.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    diags.extend(loaded.diagnostics.iter().cloned());
+    print_diags(&diags, format);
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == diagnostic::Severity::Error)
+        .count();
+    let warnings = diags.len() - errors;
+    if format == Format::Human {
+        eprintln!(
+            "checked {} file{}: {errors} error{}, {warnings} warning{}",
+            loaded.files.len(),
+            if loaded.files.len() == 1 { "" } else { "s" },
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+        );
+    }
+    if errors > 0 || (deny_warnings && warnings > 0) {
+        EXIT_INVALID
+    } else {
+        EXIT_OK
+    }
+}
+
+fn kind_name(k: OpKind) -> &'static str {
+    match k {
+        OpKind::Action => "action",
+        OpKind::Webhook => "webhook trigger",
+        OpKind::Poll => "poll trigger",
+    }
+}
+
+/// One operation as JSON for `catalog --format json`.
+fn op_json(op: &OpRef) -> serde_json::Value {
+    let d = op.def();
+    serde_json::json!({
+        "id": op.id(),
+        "kind": d.kind,
+        "title": d.title,
+        "description": d.description,
+        "method": d.method,
+        "path": d.path,
+        "native": d.native,
+        "scope": d.scope,
+        "inputs": d.inputs,
+        "output": d.output.clone().unwrap_or_else(|| "$".into()),
+        "pagination": d.pagination,
+        "event_type": d.event_type,
+        "payload": d.payload,
+        "poll": d.poll,
+    })
+}
+
+fn catalog_cmd(op: Option<String>, format: CatalogFormat, dir: Option<PathBuf>) -> i32 {
+    let (catalog, diags) = match load_catalog(dir.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if !diags.is_empty() {
+        print_diags(&diags, Format::Human);
+        return EXIT_INVALID;
+    }
+    let out = match op {
+        Some(id) if catalog.op(&id).is_some() => {
+            let op = catalog.op(&id).expect("checked");
+            match format {
+                CatalogFormat::Json => {
+                    serde_json::to_string_pretty(&op_json(&op)).expect("json") + "\n"
+                }
+                CatalogFormat::Human => describe_op(&op),
+            }
+        }
+        Some(name) if catalog.connector(&name).is_some() => {
+            let ops: Vec<OpRef> = catalog
+                .operations()
+                .filter(|o| o.connector().connector == name)
+                .collect();
+            list_ops(&ops, format)
+        }
+        Some(id) => {
+            let ids = catalog.operation_ids();
+            let sugg = diagnostic::did_you_mean(&id, ids.iter().map(String::as_str));
+            eprintln!(
+                "error: no operation or connector '{id}' in the catalog{}",
+                sugg.map(|s| format!("; {s}")).unwrap_or_default()
+            );
+            return EXIT_USAGE;
+        }
+        None => {
+            let ops: Vec<OpRef> = catalog.operations().collect();
+            list_ops(&ops, format)
+        }
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    EXIT_OK
+}
+
+fn list_ops(ops: &[OpRef], format: CatalogFormat) -> String {
+    if format == CatalogFormat::Json {
+        let all: Vec<_> = ops.iter().map(op_json).collect();
+        return serde_json::to_string_pretty(&all).expect("json") + "\n";
+    }
+    let mut out = String::new();
+    let mut current = String::new();
+    for op in ops {
+        let c = &op.connector().connector;
+        if *c != current {
+            out.push_str(&format!("\n{c} — {}\n", op.connector().title));
+            current = c.clone();
+        }
+        let how = match (&op.def().method, &op.def().path) {
+            (Some(m), Some(p)) => format!("{} {p}", m.as_str()),
+            _ => kind_name(op.def().kind).to_string(),
+        };
+        out.push_str(&format!(
+            "  {:<34} {:<48} {}\n",
+            op.id(),
+            how,
+            op.def().title
+        ));
+    }
+    out.trim_start().to_string()
+}
+
+fn describe_op(op: &OpRef) -> String {
+    let d = op.def();
+    let mut s = format!("{} — {}\n", op.id(), d.title);
+    s.push_str(&format!("kind: {}\n", kind_name(d.kind)));
+    if let (Some(m), Some(p)) = (&d.method, &d.path) {
+        s.push_str(&format!("request: {} {p}\n", m.as_str()));
+    }
+    if let Some(n) = &d.native {
+        s.push_str(&format!("built in: {n}\n"));
+    }
+    if let Some(sc) = &d.scope {
+        s.push_str(&format!("scope: {sc}\n"));
+    }
+    if !d.description.is_empty() {
+        s.push_str(&format!("\n{}\n", d.description.trim()));
+    }
+    if !d.inputs.is_empty() {
+        s.push_str("\ninputs:\n");
+        for (name, i) in &d.inputs {
+            let mut notes = vec![format!("{:?}", i.location).to_lowercase()];
+            if i.required {
+                notes.push("required".into());
+            }
+            if let Some(f) = &i.from_connection {
+                notes.push(format!("from connection `{f}`"));
+            }
+            s.push_str(&format!(
+                "  {:<28} {:<8} {:<40} {}\n",
+                name,
+                i.ty.as_str(),
+                notes.join(", "),
+                i.description
+            ));
+        }
+    }
+    if d.kind == OpKind::Action {
+        s.push_str(&format!(
+            "\noutput: {}\n",
+            d.output.as_deref().unwrap_or("$")
+        ));
+    }
+    if let Some(e) = &d.event_type {
+        s.push_str(&format!("\nevent type: {e}\n"));
+    }
+    if !d.payload.is_empty() {
+        s.push_str("\npayload:\n");
+        for (name, f) in &d.payload {
+            s.push_str(&format!("  {:<28} {}\n", name, f.ty.as_str()));
+        }
+    }
+    s
+}

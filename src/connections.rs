@@ -1,0 +1,224 @@
+//! Connections: named credentials and settings per connector, kept outside
+//! recipes. Secret values come from the environment or files, never from
+//! literals.
+
+use indexmap::IndexMap;
+
+use crate::catalog::Catalog;
+use crate::diagnostic::{did_you_mean, Diagnostic};
+use crate::yaml::{self, Node, NodeKind, Pos};
+
+/// Where a connection field's value comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// Written in the file (non-secret fields only).
+    Literal(String),
+    /// `{ env: NAME }`.
+    Env(String),
+    /// `{ file: PATH }`, trailing newline trimmed.
+    File(String),
+}
+
+impl std::fmt::Debug for ValueSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueSource::Literal(_) => f.write_str("Literal(..)"),
+            ValueSource::Env(n) => write!(f, "Env({n})"),
+            ValueSource::File(p) => write!(f, "File({p})"),
+        }
+    }
+}
+
+/// One connection as declared.
+#[derive(Debug, Clone)]
+pub struct ConnectionDecl {
+    /// Connection name (`ghl-main`).
+    pub name: String,
+    /// Connector name (`ghl`).
+    pub connector: String,
+    /// Field values by field name (`base_url` included).
+    pub fields: IndexMap<String, ValueSource>,
+    /// Where the connection is declared.
+    pub pos: Pos,
+}
+
+/// All connections of a connections file.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    /// By name, in file order.
+    pub by_name: IndexMap<String, ConnectionDecl>,
+}
+
+impl Connections {
+    /// Parses a connections file and checks it against the catalog.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        catalog: &Catalog,
+    ) -> Result<Connections, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let (root, dups) = yaml::parse(text)
+            .map_err(|e| vec![Diagnostic::error(file, e.pos, e.code, e.message)])?;
+        for d in dups {
+            diags.push(Diagnostic::error(file, d.pos, d.code, d.message));
+        }
+        let mut out = Connections::default();
+        let entries = match &root.kind {
+            NodeKind::Map(m) => m.as_slice(),
+            NodeKind::Null => &[],
+            _ => {
+                return Err(vec![Diagnostic::error(
+                    file,
+                    root.span.start,
+                    "wrong-type",
+                    "a connections file is a mapping of connection names to settings",
+                )])
+            }
+        };
+        for (k, v) in entries {
+            let name = k.key_string();
+            if let Some(c) = connection(file, &name, k.span.start, v, catalog, &mut diags) {
+                out.by_name.insert(name, c);
+            }
+        }
+        if diags.is_empty() {
+            Ok(out)
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// A connection by name.
+    pub fn get(&self, name: &str) -> Option<&ConnectionDecl> {
+        self.by_name.get(name)
+    }
+
+    /// The connections of one connector.
+    pub fn of_connector<'a>(
+        &'a self,
+        connector: &'a str,
+    ) -> impl Iterator<Item = &'a ConnectionDecl> + 'a {
+        self.by_name
+            .values()
+            .filter(move |c| c.connector == connector)
+    }
+}
+
+fn connection(
+    file: &str,
+    name: &str,
+    pos: Pos,
+    node: &Node,
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ConnectionDecl> {
+    let Some(entries) = node.as_map() else {
+        diags.push(Diagnostic::error(
+            file,
+            node.span.start,
+            "wrong-type",
+            format!("connection `{name}` must be a mapping"),
+        ));
+        return None;
+    };
+    let Some(conn_node) = node.get("connector") else {
+        diags.push(Diagnostic::error(
+            file,
+            pos,
+            "missing-key",
+            format!("connection `{name}` needs `connector`"),
+        ));
+        return None;
+    };
+    let connector_name = conn_node.key_string();
+    let Some(connector) = catalog.connector(&connector_name) else {
+        let names: Vec<&str> = catalog.connectors().map(|c| c.connector.as_str()).collect();
+        diags.push(
+            Diagnostic::error(
+                file,
+                conn_node.span.start,
+                "unknown-connector",
+                format!("no connector `{connector_name}` in the catalog"),
+            )
+            .suggest(did_you_mean(&connector_name, names.iter().copied())),
+        );
+        return None;
+    };
+    let mut fields = IndexMap::new();
+    for (k, v) in entries {
+        let key = k.key_string();
+        if key == "connector" {
+            continue;
+        }
+        let known = key == "base_url" || connector.connection.contains_key(&key);
+        if !known {
+            let names = connector
+                .connection
+                .keys()
+                .map(String::as_str)
+                .chain(["base_url"]);
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    k.span.start,
+                    "unknown-key",
+                    format!("connector `{connector_name}` has no connection field `{key}`"),
+                )
+                .suggest(did_you_mean(&key, names)),
+            );
+            continue;
+        }
+        let secret = connector.connection.get(&key).is_some_and(|f| f.secret);
+        let source = match &v.kind {
+            NodeKind::Map(_) => match (
+                v.get("env").and_then(Node::as_str),
+                v.get("file").and_then(Node::as_str),
+            ) {
+                (Some(e), None) => ValueSource::Env(e.to_string()),
+                (None, Some(f)) => ValueSource::File(f.to_string()),
+                _ => {
+                    diags.push(Diagnostic::error(
+                        file,
+                        v.span.start,
+                        "wrong-type",
+                        format!("`{key}` must be a value, `{{ env: NAME }}` or `{{ file: PATH }}`"),
+                    ));
+                    continue;
+                }
+            },
+            NodeKind::Seq(_) | NodeKind::Null => {
+                diags.push(Diagnostic::error(
+                    file,
+                    v.span.start,
+                    "wrong-type",
+                    format!("`{key}` must be a value, `{{ env: NAME }}` or `{{ file: PATH }}`"),
+                ));
+                continue;
+            }
+            _ if secret => {
+                diags.push(
+                    Diagnostic::error(file, v.span.start, "secret-literal", format!("`{key}` is a secret: it must come from `{{ env: NAME }}` or `{{ file: PATH }}`, not a literal"))
+                );
+                continue;
+            }
+            _ => ValueSource::Literal(v.key_string()),
+        };
+        fields.insert(key, source);
+    }
+    for (field, def) in &connector.connection {
+        if def.required && !fields.contains_key(field) {
+            diags.push(Diagnostic::error(
+                file,
+                pos,
+                "missing-key",
+                format!("connection `{name}` needs `{field}`"),
+            ));
+        }
+    }
+    Some(ConnectionDecl {
+        name: name.to_string(),
+        connector: connector_name,
+        fields,
+        pos,
+    })
+}

@@ -1,0 +1,16 @@
+//! patchbay: a declarative integration engine.
+//!
+//! Data flows one way: YAML is loaded ([`yaml`], [`recipe`]), validated
+//! against the [`catalog`] and [`connections`] into a
+//! [`recipe::validate::ValidRecipe`], and only that is run.
+
+pub mod catalog;
+pub mod cli;
+pub mod connections;
+pub mod diagnostic;
+pub mod duration;
+pub mod jsonpath;
+pub mod recipe;
+pub mod schema;
+pub mod template;
+pub mod yaml;

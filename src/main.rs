@@ -1,0 +1,5 @@
+//! The `patchbay` binary.
+
+fn main() {
+    std::process::exit(patchbay::cli::main());
+}

@@ -1,0 +1,134 @@
+//! Loading recipe files and folders: parse and validate every file, then
+//! the checks that span files (duplicate recipe names).
+
+use std::path::{Path, PathBuf};
+
+use super::parse_recipe;
+use super::validate::{validate, ValidRecipe};
+use crate::catalog::Catalog;
+use crate::connections::Connections;
+use crate::diagnostic::{Diagnostic, Severity};
+
+/// The outcome of loading a set of recipe files.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every file looked at.
+    pub files: Vec<PathBuf>,
+    /// Recipes that validated.
+    pub recipes: Vec<ValidRecipe>,
+    /// Every problem found, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// Number of errors.
+    pub fn errors(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
+    /// Number of warnings.
+    pub fn warnings(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count()
+    }
+}
+
+/// Whether a path names a recipe file (`*.yaml`/`*.yml`, not a test file).
+pub fn is_recipe_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.ends_with(".test.yaml")
+        && !name.ends_with(".test.yml")
+        && !name.starts_with('.')
+}
+
+/// Expands files and folders (recursively) into recipe files, sorted.
+pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_recipe_file(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates recipe texts (`(file name, text)`).
+pub fn load_texts(
+    texts: &[(String, String)],
+    catalog: &Catalog,
+    connections: Option<&Connections>,
+) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut names: Vec<(String, String, crate::yaml::Pos)> = Vec::new();
+    for (file, text) in texts {
+        loaded.files.push(PathBuf::from(file));
+        let first = loaded.diagnostics.len();
+        let parsed = parse_recipe(file, text, &mut loaded.diagnostics);
+        if let Some(r) = &parsed.recipe {
+            let name = &r.recipe;
+            if let Some((_, other, _)) = names.iter().find(|(n, _, _)| *n == name.value) {
+                let msg = format!("recipe name `{}` is already used by {other}", name.value);
+                loaded
+                    .diagnostics
+                    .push(Diagnostic::error(file, name.pos, "duplicate-recipe", msg));
+            } else {
+                names.push((name.value.clone(), file.clone(), name.pos));
+            }
+        }
+        if let Some(v) = validate(&parsed, catalog, connections, &mut loaded.diagnostics) {
+            loaded.recipes.push(v);
+        }
+        // Report a file's problems in source order.
+        loaded.diagnostics[first..].sort_by_key(|d| (d.line, d.column));
+    }
+    // A recipe whose name clashes is not loaded.
+    let dup_files: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "duplicate-recipe")
+        .map(|d| d.file.clone())
+        .collect();
+    loaded.recipes.retain(|r| !dup_files.contains(&r.file));
+    loaded
+}
+
+/// Reads and validates files and folders.
+pub fn load_paths(
+    paths: &[PathBuf],
+    catalog: &Catalog,
+    connections: Option<&Connections>,
+) -> std::io::Result<Loaded> {
+    let files = collect_files(paths)?;
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
+        texts.push((f.display().to_string(), text));
+    }
+    Ok(load_texts(&texts, catalog, connections))
+}
