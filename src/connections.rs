@@ -196,9 +196,9 @@ fn connection(
                 continue;
             }
             _ if secret => {
-                diags.push(
-                    Diagnostic::error(file, v.span.start, "secret-literal", format!("`{key}` is a secret: it must come from `{{ env: NAME }}` or `{{ file: PATH }}`, not a literal"))
-                );
+                let mut d = Diagnostic::error(file, v.span.start, "secret-literal", format!("`{key}` is a secret: it must come from `{{ env: NAME }}` or `{{ file: PATH }}`, not a literal"));
+                d.hide_source = true;
+                diags.push(d);
                 continue;
             }
             _ => ValueSource::Literal(v.key_string()),

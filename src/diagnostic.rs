@@ -36,6 +36,9 @@ pub struct Diagnostic {
     /// How to fix it, when known (`did you mean ...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggestion: Option<String>,
+    /// The source line may hold a secret: never echo it.
+    #[serde(skip)]
+    pub hide_source: bool,
 }
 
 impl Diagnostic {
@@ -49,6 +52,7 @@ impl Diagnostic {
             code,
             message: message.into(),
             suggestion: None,
+            hide_source: false,
         }
     }
 
@@ -136,7 +140,7 @@ pub fn render_human(diags: &[Diagnostic], sources: &dyn Fn(&str) -> Option<Strin
         if cached.as_ref().is_none_or(|(f, _)| f != &d.file) {
             cached = sources(&d.file).map(|s| (d.file.clone(), LineIndex::new(&s)));
         }
-        if let Some((_, idx)) = &cached {
+        if let Some((_, idx)) = cached.as_ref().filter(|_| !d.hide_source) {
             let text = idx.line_text(d.line);
             if !text.is_empty() {
                 let num = d.line.to_string();

@@ -133,6 +133,7 @@ pub struct Step {
     /// Retry policy for retryable errors.
     pub retry: Option<Retry>,
     /// Fallback paths tried in order when the step fails after retries.
+    #[schemars(default)]
     pub fallback: Vec<FallbackPath>,
     /// `fail` (default) or `continue`.
     pub on_error: Option<Spanned<OnError>>,

@@ -137,6 +137,53 @@ pub const RUN_FIELDS: &[&str] = &["id", "recipe", "started_at"];
 /// Root variables of the context.
 pub const ROOTS: &[&str] = &["event", "vars", "steps", "error", "item", "run"];
 
+/// Every diagnostic code `validate` can report for a recipe file; the
+/// corpus test requires a case for each, and `docs/recipes.md` lists them.
+pub const CODES: &[&str] = &[
+    "yaml-syntax",
+    "duplicate-key",
+    "unknown-key",
+    "wrong-type",
+    "missing-key",
+    "unquoted-template",
+    "empty-steps",
+    "unknown-operation",
+    "not-a-trigger",
+    "not-an-action",
+    "invalid-trigger",
+    "unknown-connection",
+    "connection-wrong-connector",
+    "missing-connection",
+    "ambiguous-connection",
+    "template-syntax",
+    "expression-syntax",
+    "unknown-filter",
+    "unknown-test",
+    "unknown-function",
+    "unknown-variable",
+    "unknown-var",
+    "unknown-event-field",
+    "unknown-step",
+    "step-not-before",
+    "unknown-step-field",
+    "error-outside-fallback",
+    "item-outside-for-each",
+    "missing-input",
+    "unknown-input",
+    "connection-input",
+    "input-type-mismatch",
+    "batch-size-without-for-each",
+    "batch-not-supported",
+    "invalid-batch-size",
+    "duplicate-step-id",
+    "duplicate-recipe",
+    "invalid-duration",
+    "invalid-cron",
+    "invalid-timezone",
+    "retry-out-of-range",
+    "unused-var",
+];
+
 const MAX_ATTEMPTS: u32 = 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -572,7 +619,7 @@ impl Validator<'_> {
             if b.value == 0 {
                 self.error(
                     b.pos,
-                    "retry-out-of-range",
+                    "invalid-batch-size",
                     "`batch_size` must be at least 1",
                 );
                 ok = false;
