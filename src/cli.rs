@@ -71,6 +71,8 @@ enum Command {
 enum CatalogFormat {
     Human,
     Json,
+    /// The whole catalog as Markdown (`docs/catalog.md`).
+    Markdown,
 }
 
 /// Runs the CLI and returns the exit code.
@@ -238,13 +240,14 @@ fn catalog_cmd(op: Option<String>, format: CatalogFormat, dir: Option<PathBuf>) 
         return EXIT_INVALID;
     }
     let out = match op {
+        None if format == CatalogFormat::Markdown => crate::catalog::doc::markdown(&catalog),
         Some(id) if catalog.op(&id).is_some() => {
             let op = catalog.op(&id).expect("checked");
             match format {
                 CatalogFormat::Json => {
                     serde_json::to_string_pretty(&op_json(&op)).expect("json") + "\n"
                 }
-                CatalogFormat::Human => describe_op(&op),
+                CatalogFormat::Human | CatalogFormat::Markdown => describe_op(&op),
             }
         }
         Some(name) if catalog.connector(&name).is_some() => {

@@ -81,3 +81,15 @@ fn example_recipes_carry_the_schema_modeline() {
         );
     }
 }
+
+#[test]
+fn catalog_doc_is_generated_from_the_catalog() {
+    let file =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/catalog.md"))
+            .unwrap();
+    assert_eq!(
+        file,
+        patchbay::catalog::doc::markdown(&patchbay::catalog::Catalog::builtin()),
+        "docs/catalog.md is stale: run `cargo run -- catalog --format markdown > docs/catalog.md`"
+    );
+}

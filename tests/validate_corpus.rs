@@ -73,7 +73,7 @@ fn every_invalid_recipe_reports_exactly_its_expected_diagnostics() {
             "{} has no `# expect:` line",
             case.display()
         );
-        let loaded = load_paths(&[case.clone()], &catalog, Some(&conns)).unwrap();
+        let loaded = load_paths(std::slice::from_ref(&case), &catalog, Some(&conns)).unwrap();
         let mut actual: Vec<(String, String)> = loaded
             .diagnostics
             .iter()

@@ -2,6 +2,7 @@
 //! with `--catalog DIR`. Operation references are resolved here once, at
 //! validation, into [`OpRef`]s.
 
+pub mod doc;
 pub mod model;
 
 use std::path::Path;
@@ -17,7 +18,9 @@ use crate::jsonpath;
 use crate::template;
 use crate::yaml::{self, Pos};
 
-/// The connector files built into the binary.
+/// The connector files built into the binary, as YAML (build.rs embeds
+/// them as JSON for the binary; tests check the YAML itself).
+#[cfg(test)]
 const BUILTIN: &[(&str, &str)] = &[
     ("ghl.yaml", include_str!("connectors/ghl.yaml")),
     ("ghl_v1.yaml", include_str!("connectors/ghl_v1.yaml")),
@@ -86,16 +89,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The built-in connectors. They are checked by tests, so a failure
-    /// here is a bug in the binary.
+    /// The built-in connectors. Their semantic checks run in the test
+    /// suite rather than at every start (they cost more than the parse), so
+    /// a failure here is a bug in the binary.
     pub fn builtin() -> Catalog {
+        static JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
+        let files: Vec<(String, ConnectorDef)> = serde_json::from_str(JSON)
+            .unwrap_or_else(|e| panic!("a built-in connector is invalid: {e}"));
         let mut cat = Catalog::default();
-        for (name, text) in BUILTIN {
-            let source = format!("builtin:{name}");
-            match parse_connector(&source, text) {
-                Ok(c) => cat.insert(c),
-                Err(d) => panic!("built-in connector is invalid: {}", d[0].one_line()),
-            }
+        for (name, def) in files {
+            cat.insert(Connector {
+                def,
+                source: format!("builtin:{name}"),
+            });
         }
         cat
     }
@@ -165,6 +171,16 @@ impl Catalog {
 /// Parses and checks one connector file; every diagnostic carries
 /// `file:line:col`.
 pub fn parse_connector(file: &str, text: &str) -> Result<Connector, Vec<Diagnostic>> {
+    let (connector, root) = read(file, text)?;
+    let diags = check_connector(file, &root, &connector.def);
+    if diags.is_empty() {
+        Ok(connector)
+    } else {
+        Err(diags)
+    }
+}
+
+fn read(file: &str, text: &str) -> Result<(Connector, yaml::Node), Vec<Diagnostic>> {
     let (root, dups) =
         yaml::parse(text).map_err(|e| vec![Diagnostic::error(file, e.pos, e.code, e.message)])?;
     if !dups.is_empty() {
@@ -202,15 +218,11 @@ pub fn parse_connector(file: &str, text: &str) -> Result<Connector, Vec<Diagnost
             )]);
         }
     };
-    let diags = check_connector(file, &root, &def);
-    if diags.is_empty() {
-        Ok(Connector {
-            def,
-            source: file.to_string(),
-        })
-    } else {
-        Err(diags)
-    }
+    let connector = Connector {
+        def,
+        source: file.to_string(),
+    };
+    Ok((connector, root))
 }
 
 fn to_pointer(path: &serde_path_to_error::Path) -> String {
@@ -463,6 +475,34 @@ pub fn path_params(path: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_connectors_pass_the_semantic_checks() {
+        for (name, text) in BUILTIN {
+            if let Err(d) = parse_connector(name, text) {
+                panic!(
+                    "{}",
+                    d.iter()
+                        .map(Diagnostic::one_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn embedded_json_equals_the_yaml_files() {
+        let cat = Catalog::builtin();
+        for (name, text) in BUILTIN {
+            let from_yaml = parse_connector(name, text).unwrap();
+            let embedded = cat.connector(&from_yaml.def.connector).unwrap();
+            assert_eq!(
+                serde_json::to_value(&from_yaml.def).unwrap(),
+                serde_json::to_value(embedded).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn builtin_catalog_loads() {
