@@ -106,7 +106,7 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     for c in candidates {
         let score = strsim::jaro_winkler(word, c);
         let dist = strsim::levenshtein(word, c);
-        let close = score >= 0.85 || dist <= word.len().max(c.len()) / 3 || dist <= 2;
+        let close = score >= 0.85 || dist * 3 <= word.len().max(c.len());
         if close && best.is_none_or(|(s, _)| score > s) {
             best = Some((score, c));
         }

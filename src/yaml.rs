@@ -223,11 +223,14 @@ const MAX_NODES: usize = 100_000;
 /// Parses one YAML document into a tree. Duplicate keys are returned as
 /// extra errors; the tree keeps the first occurrence.
 pub fn parse(source: &str) -> Result<(Node, Vec<YamlError>), YamlError> {
+    let chars: Vec<char> = source.chars().collect();
     let mut b = Builder {
         parser: Parser::new_from_str(source),
         anchors: Vec::new(),
         dup: Vec::new(),
         count: 0,
+        chars: &chars,
+        open_flows: Vec::new(),
     };
     let mut root = None;
     loop {
@@ -264,17 +267,40 @@ struct Builder<'a> {
     anchors: Vec<(usize, Node)>,
     dup: Vec<YamlError>,
     count: usize,
+    chars: &'a [char],
+    /// Flow collections (`[`, `{`) opened and not yet closed, for errors.
+    open_flows: Vec<(char, Pos)>,
 }
 
 impl<'a> Builder<'a> {
     fn next(&mut self) -> Result<(Event<'a>, YSpan), YamlError> {
         match self.parser.next_event() {
             Some(Ok(ev)) => Ok(ev),
-            Some(Err(e)) => Err(YamlError {
-                pos: Pos::new(e.marker().line() as u32, e.marker().col() as u32 + 1),
-                code: "yaml-syntax",
-                message: format!("invalid YAML: {}", e.info()),
-            }),
+            Some(Err(e)) => {
+                let mut pos = Pos::new(e.marker().line() as u32, e.marker().col() as u32 + 1);
+                let mut message = format!("invalid YAML: {}", e.info());
+                let open = self.open_flows.last().filter(|(_, at)| at.line < pos.line);
+                if let Some((c, at)) = open {
+                    // The scanner notices a missing `]` only lines later.
+                    let close = if *c == '[' { ']' } else { '}' };
+                    message = format!(
+                        "`{c}` is never closed (add `{close}`); the YAML reader says: {}",
+                        e.info()
+                    );
+                    pos = *at;
+                } else if e.info().contains("tab") {
+                    // Point at the tab itself.
+                    let idx = LineIndex::new(&self.chars.iter().collect::<String>());
+                    if let Some(i) = idx.line_text(pos.line).find('\t') {
+                        pos.col = idx.line_text(pos.line)[..i].chars().count() as u32 + 1;
+                    }
+                }
+                Err(YamlError {
+                    pos,
+                    code: "yaml-syntax",
+                    message,
+                })
+            }
             None => Err(YamlError {
                 pos: Pos::default(),
                 code: "yaml-syntax",
@@ -328,6 +354,10 @@ impl<'a> Builder<'a> {
                 (Node { kind, span, style }, anchor)
             }
             Event::SequenceStart(anchor, _) => {
+                let flow = self.chars.get(span.start_index) == Some(&'[');
+                if flow {
+                    self.open_flows.push(('[', span.start));
+                }
                 let mut items = Vec::new();
                 loop {
                     let (ev, s) = self.next()?;
@@ -335,6 +365,9 @@ impl<'a> Builder<'a> {
                         break;
                     }
                     items.push(self.node(ev, s)?);
+                }
+                if flow {
+                    self.open_flows.pop();
                 }
                 let node = Node {
                     kind: NodeKind::Seq(items),
@@ -344,6 +377,10 @@ impl<'a> Builder<'a> {
                 (node, anchor)
             }
             Event::MappingStart(anchor, _) => {
+                let flow = self.chars.get(span.start_index) == Some(&'{');
+                if flow {
+                    self.open_flows.push(('{', span.start));
+                }
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 loop {
                     let (ev, s) = self.next()?;
@@ -363,6 +400,9 @@ impl<'a> Builder<'a> {
                     } else {
                         entries.push((key, value));
                     }
+                }
+                if flow {
+                    self.open_flows.pop();
                 }
                 let node = Node {
                     kind: NodeKind::Map(entries),
@@ -478,37 +518,45 @@ impl LineIndex {
 
     /// Where char `offset` of a string scalar's value sits in the source.
     ///
-    /// Exact for plain and quoted scalars on one line without escapes, and for
-    /// literal blocks; otherwise the best guess is the scalar's start.
+    /// The value is aligned with the source text char by char: quotes,
+    /// escapes, indentation and folded line breaks exist only in the source,
+    /// so a value char is matched with the next source char equal to it (a
+    /// space in the value may be a folded line break). Exact for everything
+    /// but escape sequences such as `\n`, where it stays close.
     pub fn pos_in_scalar(&self, node: &Node, offset: usize) -> Pos {
+        let Some(value) = node.as_str() else {
+            return node.span.start;
+        };
+        let mut src = node.span.start_index;
         match node.style {
-            Style::Plain => self.pos(node.span.start_index + offset),
-            Style::Quoted => {
-                let p = self.pos(node.span.start_index + 1 + offset);
-                let end = self.pos(node.span.end_index);
-                if end.line == node.span.start.line {
-                    p
-                } else {
-                    node.span.start
+            Style::Quoted => src += 1,
+            Style::Block => {
+                // Content starts on the line after the `|`/`>` indicator.
+                if matches!(self.chars.get(src), Some('|' | '>')) {
+                    while src < self.chars.len() && self.chars[src] != '\n' {
+                        src += 1;
+                    }
+                    src += 1;
                 }
             }
-            Style::Block => {
-                let value = node.as_str().unwrap_or("");
-                let before = &value[..char_to_byte(value, offset)];
-                let line_in_value = before.matches('\n').count() as u32;
-                let col_in_line = before.rsplit('\n').next().unwrap_or("").chars().count() as u32;
-                // The span starts at the `|`/`>` indicator or at the content.
-                let starts_at_indicator = self
-                    .chars
-                    .get(node.span.start_index)
-                    .is_some_and(|c| matches!(c, '|' | '>'));
-                let line = node.span.start.line + u32::from(starts_at_indicator) + line_in_value;
-                let text = self.line_text(line);
-                let indent = text.chars().take_while(|c| *c == ' ').count() as u32;
-                Pos::new(line, indent + col_in_line + 1)
-            }
-            Style::Collection => node.span.start,
+            Style::Plain => {}
+            Style::Collection => return node.span.start,
         }
+        for (i, c) in value.chars().enumerate() {
+            while src < self.chars.len() {
+                let s = self.chars[src];
+                let matches = s == c || (c == ' ' && s == '\n');
+                if matches {
+                    break;
+                }
+                src += 1;
+            }
+            if i == offset {
+                return self.pos(src.min(self.chars.len()));
+            }
+            src += 1;
+        }
+        self.pos(src.min(self.chars.len()))
     }
 }
 

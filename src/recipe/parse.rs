@@ -17,8 +17,14 @@ pub struct ParsedFile {
     pub index: LineIndex,
     /// The YAML tree (for positions of template strings).
     pub root: Option<Node>,
-    /// The recipe, when the structure allowed building one.
+    /// The recipe, when the structure allowed building one. Steps that
+    /// could not be read are left out of it, so the rest still gets checked.
     pub recipe: Option<Recipe>,
+    /// No structural error: only then can the recipe become valid.
+    pub complete: bool,
+    /// Ids of steps that could not be read, so references to them are not
+    /// reported as unknown.
+    pub broken_step_ids: Vec<String>,
 }
 
 /// Parses a recipe file. Structural problems go to `diags`; the recipe is
@@ -35,25 +41,36 @@ pub fn parse_recipe(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Pars
                 index,
                 root: None,
                 recipe: None,
+                complete: false,
+                broken_step_ids: Vec::new(),
             };
         }
     };
     for d in dups {
         diags.push(Diagnostic::error(file, d.pos, d.code, d.message));
     }
-    let mut p = Parser { file, diags };
+    let before = diags.len();
+    let mut p = Parser {
+        file,
+        diags,
+        broken_step_ids: Vec::new(),
+    };
     let recipe = p.recipe(&root);
+    let broken_step_ids = std::mem::take(&mut p.broken_step_ids);
     ParsedFile {
         file: file.into(),
         index,
         root: Some(root),
         recipe,
+        complete: diags.len() == before,
+        broken_step_ids,
     }
 }
 
 struct Parser<'a> {
     file: &'a str,
     diags: &'a mut Vec<Diagnostic>,
+    broken_step_ids: Vec<String>,
 }
 
 /// The keys of one mapping, with the ones read so far marked.
@@ -207,8 +224,8 @@ impl Parser<'_> {
                 None
             }
         };
-        if let (Some(s), Some(node)) = (&steps, f.get("steps")) {
-            if s.is_empty() {
+        if let Some(node) = f.get("steps") {
+            if matches!(&node.kind, NodeKind::Seq(items) if items.is_empty()) {
                 self.error(
                     node.span.start,
                     "empty-steps",
@@ -251,10 +268,7 @@ impl Parser<'_> {
     fn mapping(&mut self, f: &Fields<'_>, key: &str) -> Option<Mapping> {
         let node = f.get(key)?;
         match node.kind {
-            NodeKind::Map(_) if node.is_unquoted_template() => {
-                self.wrong_type(node, "");
-                None
-            }
+            // An unquoted `{{ }}` is reported by the validator with the templates.
             NodeKind::Map(_) => Some(Mapping(node.clone())),
             NodeKind::Null => None,
             _ => {
@@ -273,14 +287,17 @@ impl Parser<'_> {
             return None;
         };
         let mut out = Vec::new();
-        let mut ok = true;
         for item in items {
             match self.step(item) {
                 Some(s) => out.push(s),
-                None => ok = false,
+                None => {
+                    if let Some(id) = item.get("id").and_then(Node::as_str) {
+                        self.broken_step_ids.push(id.to_string());
+                    }
+                }
             }
         }
-        ok.then_some(out)
+        Some(out)
     }
 
     fn step(&mut self, node: &Node) -> Option<Step> {
@@ -363,19 +380,22 @@ impl Parser<'_> {
         let f = self.fields(node, "a fallback path", keys::FALLBACK)?;
         let when = self.text(&f, "when");
         let steps = match f.get("steps") {
-            Some(s) => self.steps(s, "fallback `steps`")?,
+            Some(s) => {
+                let steps = self.steps(s, "fallback `steps`")?;
+                if matches!(&s.kind, NodeKind::Seq(items) if items.is_empty()) {
+                    self.error(
+                        s.span.start,
+                        "empty-steps",
+                        "a fallback path needs at least one step",
+                    );
+                }
+                steps
+            }
             None => {
                 self.missing(&f, "steps", "a fallback path");
                 return None;
             }
         };
-        if steps.is_empty() {
-            self.error(
-                f.pos,
-                "empty-steps",
-                "a fallback path needs at least one step",
-            );
-        }
         Some(FallbackPath {
             when,
             steps,

@@ -197,6 +197,7 @@ pub fn validate(
 ) -> Option<ValidRecipe> {
     let recipe = parsed.recipe.as_ref()?;
     let root = parsed.root.as_ref()?;
+    let complete = parsed.complete;
     let before = diags
         .iter()
         .filter(|d| d.severity == crate::diagnostic::Severity::Error)
@@ -211,7 +212,9 @@ pub fn validate(
         diags,
         used_vars: HashSet::new(),
         payload: None,
-        all_steps: Vec::new(),
+        all_steps: parsed.broken_step_ids.clone(),
+        fallback_of: Vec::new(),
+        had_syntax_error: false,
     };
     let out = v.recipe();
     let errors = v
@@ -219,7 +222,7 @@ pub fn validate(
         .iter()
         .filter(|d| d.severity == crate::diagnostic::Severity::Error)
         .count();
-    if errors > before {
+    if errors > before || !complete {
         None
     } else {
         out
@@ -250,6 +253,10 @@ struct Validator<'a> {
     payload: Option<Vec<String>>,
     /// Every step id in the recipe, for "unknown" vs "not before".
     all_steps: Vec<String>,
+    /// Fallback step id -> the step whose fallback it is in.
+    fallback_of: Vec<(String, String)>,
+    /// A template failed to parse, so var usage is not fully known.
+    had_syntax_error: bool,
 }
 
 impl Validator<'_> {
@@ -262,6 +269,7 @@ impl Validator<'_> {
     fn recipe(&mut self) -> Option<ValidRecipe> {
         let r = self.recipe;
         collect_ids(&r.steps, &mut self.all_steps);
+        collect_fallback_parents(&r.steps, &mut self.fallback_of);
         self.check_duplicate_ids();
         let trigger = self.trigger();
         let mut scope = Scope {
@@ -278,7 +286,7 @@ impl Validator<'_> {
             scope.before.push(s.id.value.clone());
         }
         for (name, v) in &r.vars {
-            if !self.used_vars.contains(name) {
+            if !self.had_syntax_error && !self.used_vars.contains(name) {
                 let d = Diagnostic::warning(
                     self.file,
                     v.pos,
@@ -386,14 +394,38 @@ impl Validator<'_> {
             self.error(pos, "invalid-trigger", "`timezone` applies to `cron` only");
             ok = false;
         }
+        // Resolve first (the filter's `event` fields depend on it), then
+        // check the filter even when the rest of the trigger is broken.
+        let op = t.on.as_ref().and_then(|on| self.resolve(on, true));
+        self.payload = match (&op, &t.on) {
+            (Some(op), _) => {
+                (!op.def().payload.is_empty()).then(|| op.def().payload.keys().cloned().collect())
+            }
+            (None, None) => Some(vec!["scheduled_at".to_string()]),
+            (None, Some(_)) => None,
+        };
+        let condition = t
+            .condition
+            .as_ref()
+            .and_then(|c| self.condition(c, &Scope::default()));
+        if t.condition.is_some() && condition.is_none() {
+            ok = false;
+        }
         let mut connection = None;
-        let kind = match &t.on {
-            Some(on) => {
-                let op = self.resolve(on, true)?;
-                self.payload = (!op.def().payload.is_empty())
-                    .then(|| op.def().payload.keys().cloned().collect());
-                if t.cron.is_some() {
-                    self.error(t.cron.as_ref().map(|c| c.pos).unwrap_or(t.pos), "invalid-trigger", format!("`cron` makes a schedule; `{}` is fired by its connector, remove `cron`", on.value));
+        let kind = match (&t.on, op) {
+            (Some(_), None) => return None,
+            (Some(on), Some(op)) => {
+                if let Some(c) = &t.cron {
+                    let msg = format!(
+                        "`cron` makes a schedule, but `{}` is a {}; remove `cron`",
+                        on.value,
+                        if op.def().kind == OpKind::Poll {
+                            "poll (it uses `every`)"
+                        } else {
+                            "webhook event"
+                        }
+                    );
+                    self.error(c.pos, "invalid-trigger", msg);
                     ok = false;
                 }
                 connection = self.connection(&op, t.connection.as_ref(), t.pos);
@@ -424,7 +456,7 @@ impl Validator<'_> {
                     OpKind::Action => unreachable!("resolve(trigger) rejects actions"),
                 }
             }
-            None => {
+            (None, _) => {
                 if let Some(c) = &t.connection {
                     self.error(
                         c.pos,
@@ -452,11 +484,6 @@ impl Validator<'_> {
                 }
             }
         };
-        let scope = Scope::default();
-        let condition = t.condition.as_ref().and_then(|c| self.condition(c, &scope));
-        if t.condition.is_some() && condition.is_none() {
-            ok = false;
-        }
         let with = match (&t.with, &kind) {
             (Some(m), TriggerKind::Poll { .. }) => Some(self.mapping(m, &Scope::default())?),
             (Some(m), _) => {
@@ -641,7 +668,7 @@ impl Validator<'_> {
         }
         let mut fallback = Vec::new();
         for path in &s.fallback {
-            match self.fallback(path, scope) {
+            match self.fallback(&s.id.value, path, scope) {
                 Some(f) => fallback.push(f),
                 None => ok = false,
             }
@@ -667,17 +694,28 @@ impl Validator<'_> {
         })
     }
 
-    fn fallback(&mut self, path: &FallbackPath, scope: &Scope) -> Option<ValidFallback> {
+    fn fallback(
+        &mut self,
+        failed: &str,
+        path: &FallbackPath,
+        scope: &Scope,
+    ) -> Option<ValidFallback> {
         let mut inner = Scope {
             in_fallback: true,
             ..scope.clone()
         };
+        // Inside its fallback, the failed step's record (status, error) exists.
+        inner.before.push(failed.to_string());
+        let mut ok = true;
         let when = match &path.when {
-            Some(w) => Some(self.condition(w, &inner)?),
+            Some(w) => {
+                let c = self.condition(w, &inner);
+                ok &= c.is_some();
+                c
+            }
             None => None,
         };
         let mut steps = Vec::new();
-        let mut ok = true;
         for s in &path.steps {
             match self.step(s, &inner) {
                 Some(v) => steps.push(v),
@@ -757,6 +795,10 @@ impl Validator<'_> {
     fn check_inputs(&mut self, op: &OpRef, s: &Step) -> bool {
         let mut ok = true;
         let def = op.def();
+        if s.with.as_ref().is_some_and(|m| m.0.is_unquoted_template()) {
+            // Already reported as `unquoted-template`; its inputs are unknown.
+            return false;
+        }
         let entries: &[(Node, Node)] = s.with.as_ref().and_then(|m| m.0.as_map()).unwrap_or(&[]);
         for (k, v) in entries {
             let name = k.key_string();
@@ -920,6 +962,7 @@ impl Validator<'_> {
         match r {
             Ok(a) => Some(a),
             Err(e) => {
+                self.had_syntax_error = true;
                 let pos = self.index.pos_in_scalar(node, e.offset);
                 let what = if code == "template-syntax" {
                     "template"
@@ -1047,7 +1090,10 @@ impl Validator<'_> {
             "steps" => {
                 let Some(id) = second else { return true };
                 if !scope.before.iter().any(|s| s == id) {
-                    if self.all_steps.iter().any(|s| s == id) {
+                    if let Some((_, parent)) = self.fallback_of.iter().find(|(f, _)| f == id) {
+                        let msg = format!("step `{id}` runs only inside the fallback of step `{parent}`; read `steps.{parent}.output`, which the fallback's last step fills");
+                        self.error(pos, "step-not-before", msg);
+                    } else if self.all_steps.iter().any(|s| s == id) {
                         let msg = format!("step `{id}` does not run before this point, so `steps.{id}` is not available here");
                         self.error(pos, "step-not-before", msg);
                     } else {
@@ -1190,6 +1236,17 @@ fn collect_ids(steps: &[Step], out: &mut Vec<String>) {
         out.push(s.id.value.clone());
         for f in &s.fallback {
             collect_ids(&f.steps, out);
+        }
+    }
+}
+
+fn collect_fallback_parents(steps: &[Step], out: &mut Vec<(String, String)>) {
+    for s in steps {
+        for f in &s.fallback {
+            let mut inner = Vec::new();
+            collect_ids(&f.steps, &mut inner);
+            out.extend(inner.into_iter().map(|id| (id, s.id.value.clone())));
+            collect_fallback_parents(&f.steps, out);
         }
     }
 }
