@@ -58,6 +58,28 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
+    /// Run one event through one recipe, calling the APIs (or only printing
+    /// the requests with `--dry-run`).
+    Fire {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// The event: a JSON or YAML file with the trigger payload (a
+        /// webhook delivery that is an array runs each item).
+        #[arg(long)]
+        event: PathBuf,
+        /// Connections file.
+        #[arg(long)]
+        connections: Option<PathBuf>,
+        /// Extra connector files.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Print the requests instead of sending them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: CatalogFormat,
+    },
     /// Print the recipe JSON Schema (or the connector-file schema).
     Schema {
         /// Print the connector-file schema instead.
@@ -97,6 +119,21 @@ pub fn main() -> i32 {
             format,
             catalog,
         } => catalog_cmd(op, format, catalog),
+        Command::Fire {
+            recipe,
+            event,
+            connections,
+            catalog,
+            dry_run,
+            format,
+        } => crate::fire::fire(crate::fire::FireArgs {
+            recipe,
+            event,
+            connections,
+            catalog,
+            dry_run,
+            json: format == CatalogFormat::Json,
+        }),
         Command::Schema { connector } => {
             let s = if connector {
                 crate::schema::connector_schema()
@@ -110,7 +147,7 @@ pub fn main() -> i32 {
 }
 
 /// Loads the catalog, reporting broken override files.
-fn load_catalog(dir: Option<&PathBuf>) -> Result<(Catalog, Vec<Diagnostic>), String> {
+pub fn load_catalog(dir: Option<&PathBuf>) -> Result<(Catalog, Vec<Diagnostic>), String> {
     match dir {
         None => Ok((Catalog::builtin(), Vec::new())),
         Some(d) => Catalog::with_dir(d)
@@ -118,7 +155,8 @@ fn load_catalog(dir: Option<&PathBuf>) -> Result<(Catalog, Vec<Diagnostic>), Str
     }
 }
 
-fn print_diags(diags: &[Diagnostic], format: Format) {
+/// Prints diagnostics to stdout in a format.
+pub fn print_diags(diags: &[Diagnostic], format: Format) {
     let out = match format {
         Format::Human => diagnostic::render_human(diags, &diagnostic::read_source),
         Format::Json => diagnostic::render_json(diags),
@@ -221,6 +259,7 @@ fn op_json(op: &OpRef) -> serde_json::Value {
         "inputs": d.inputs,
         "output": d.output.clone().unwrap_or_else(|| "$".into()),
         "pagination": d.pagination,
+        "batch_input": d.batch_input,
         "event_type": d.event_type,
         "payload": d.payload,
         "poll": d.poll,
@@ -341,6 +380,11 @@ fn describe_op(op: &OpRef) -> String {
         s.push_str(&format!(
             "\noutput: {}\n",
             d.output.as_deref().unwrap_or("$")
+        ));
+    }
+    if let Some(b) = &d.batch_input {
+        s.push_str(&format!(
+            "batchable: `for_each` + `batch_size` fill the list input `{b}`\n"
         ));
     }
     if let Some(e) = &d.event_type {

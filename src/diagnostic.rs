@@ -119,7 +119,7 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 pub enum Format {
     /// rustc-like, with the source line and a caret.
     Human,
-    /// One JSON object per diagnostic (see docs/validate-json.md).
+    /// One JSON object per diagnostic (`schemas/diagnostic.schema.json`).
     Json,
     /// GitHub Actions workflow commands.
     Github,

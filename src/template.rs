@@ -508,8 +508,17 @@ impl<'s> Walker<'s> {
                     });
                 }
             }
-            // A method call on a value: `event.email.lower()`.
-            ast::Expr::GetAttr(g) => self.expr(&g.expr),
+            // Method calls (`event.email.lower()`) are not enabled: say so
+            // at validation instead of failing at run time.
+            ast::Expr::GetAttr(g) => {
+                self.expr(&g.expr);
+                let offset = self.name_offset(span, g.name);
+                self.out.unknown.push(Unknown {
+                    what: "method",
+                    name: g.name.to_string(),
+                    offset,
+                });
+            }
             other => self.expr(other),
         }
         self.args(args);

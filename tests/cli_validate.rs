@@ -37,8 +37,8 @@ steps:
       email: \"{{ event.email }}\"
 ";
 
-fn bad_file() -> PathBuf {
-    let d = temp_dir("bad");
+fn bad_file(test: &str) -> PathBuf {
+    let d = temp_dir(test);
     let f = d.join("bad.yaml");
     std::fs::write(&f, BAD).unwrap();
     f
@@ -64,7 +64,7 @@ fn valid_recipes_exit_zero() {
 
 #[test]
 fn invalid_recipe_exits_one_with_rustc_like_output() {
-    let f = bad_file();
+    let f = bad_file("bad1");
     let o = run(&["validate", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
@@ -77,7 +77,7 @@ fn invalid_recipe_exits_one_with_rustc_like_output() {
 
 #[test]
 fn json_format_is_one_documented_object_per_line() {
-    let f = bad_file();
+    let f = bad_file("bad2");
     let o = run(&["validate", "--format", "json", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let schema: Value = serde_json::from_str(
@@ -127,7 +127,7 @@ fn json_format_is_one_documented_object_per_line() {
 
 #[test]
 fn github_format_emits_workflow_commands() {
-    let f = bad_file();
+    let f = bad_file("bad3");
     let o = run(&["validate", "--format", "github", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(

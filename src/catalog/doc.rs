@@ -111,10 +111,14 @@ pub fn markdown(catalog: &Catalog) -> String {
                             .collect();
                         let _ = writeln!(
                             s,
-                            "| `{}` — {} | {req} | {} | `{}` |",
+                            "| `{}` — {} | {req} | {}{} | `{}` |",
                             op.id(),
                             d.title,
                             inputs.join(", "),
+                            d.batch_input
+                                .as_ref()
+                                .map(|b| format!(" (batchable: `{b}`)"))
+                                .unwrap_or_default(),
                             d.output.as_deref().unwrap_or("$")
                         );
                     }

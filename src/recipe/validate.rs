@@ -485,7 +485,28 @@ impl Validator<'_> {
             }
         };
         let with = match (&t.with, &kind) {
-            (Some(m), TriggerKind::Poll { .. }) => Some(self.mapping(m, &Scope::default())?),
+            (Some(m), TriggerKind::Poll { op, .. }) => {
+                let list = op
+                    .def()
+                    .poll
+                    .as_ref()
+                    .and_then(|p| op.connector().operations.get(&p.operation));
+                let mut bad = false;
+                for (k, _) in m.0.as_map().unwrap_or(&[]) {
+                    let name = k.key_string();
+                    if let Some(list) = list.filter(|l| !l.inputs.contains_key(&name)) {
+                        let sugg = did_you_mean(&name, list.inputs.keys().map(String::as_str));
+                        let msg = format!("the list call of `{}` has no input `{name}`", op.id());
+                        self.error(k.span.start, "unknown-input", msg).suggestion = sugg;
+                        bad = true;
+                    }
+                }
+                let compiled = self.mapping(m, &Scope::default())?;
+                if bad {
+                    return None;
+                }
+                Some(compiled)
+            }
             (Some(m), _) => {
                 self.error(
                     m.0.span.start,
@@ -555,7 +576,18 @@ impl Validator<'_> {
     ) -> Option<String> {
         let connector = op.connector().connector.clone();
         if op.connector().builtin && op.connector().connection.is_empty() {
-            return given.map(|g| g.value.clone());
+            if let Some(g) = given {
+                let msg = format!(
+                    "`{}` runs inside the engine and takes no connection; remove `connection`",
+                    op.id()
+                );
+                self.error(g.pos, "connection-wrong-connector", msg);
+            }
+            return None;
+        }
+        // Built-in actions (`http.request`) work without a connection.
+        if op.connector().builtin && !op.is_trigger() && given.is_none() {
+            return None;
         }
         let conns = self.connections?;
         match given {
@@ -1025,9 +1057,18 @@ impl Validator<'_> {
                     template::env().globals().map(|(n, _)| n).collect(),
                 ),
             };
-            let sugg = did_you_mean(&u.name, candidates);
-            self.error(pos, code, format!("unknown {} `{}`", u.what, u.name))
-                .suggestion = sugg;
+            if u.what == "method" {
+                let msg = format!(
+                    "method calls such as `.{}()` are not available in templates",
+                    u.name
+                );
+                let hint = "use a filter instead, e.g. `x | lower`, `m[key] | default(...)`";
+                self.error(pos, code, msg).suggestion = Some(hint.into());
+            } else {
+                let sugg = did_you_mean(&u.name, candidates);
+                self.error(pos, code, format!("unknown {} `{}`", u.what, u.name))
+                    .suggestion = sugg;
+            }
             ok = false;
         }
         for r in &a.refs {
@@ -1083,7 +1124,7 @@ impl Validator<'_> {
                 self.error(
                     pos,
                     "unknown-variable",
-                    "`steps` is not available in `trigger.if`: no step has run yet",
+                    "`steps` is not available in the trigger: no step has run yet",
                 );
                 false
             }
@@ -1161,7 +1202,7 @@ impl Validator<'_> {
                 self.error(
                     pos,
                     "unknown-variable",
-                    "`run` is not available in `trigger.if`",
+                    "`run` is not available in the trigger",
                 );
                 false
             }
