@@ -4,8 +4,11 @@
 
 use indexmap::IndexMap;
 
-use crate::catalog::Catalog;
+use std::collections::HashMap;
+
+use crate::catalog::{Catalog, RateWindow};
 use crate::diagnostic::{did_you_mean, Diagnostic};
+use crate::secret::Secret;
 use crate::yaml::{self, Node, NodeKind, Pos};
 
 /// Where a connection field's value comes from.
@@ -38,8 +41,150 @@ pub struct ConnectionDecl {
     pub connector: String,
     /// Field values by field name (`base_url` included).
     pub fields: IndexMap<String, ValueSource>,
+    /// Rate-limit windows replacing the connector's (`rate_limits:`).
+    pub rate_limits: Option<Vec<RateWindow>>,
+    /// Concurrency cap replacing the connector's (`concurrency:`).
+    pub concurrency: Option<u32>,
     /// Where the connection is declared.
     pub pos: Pos,
+}
+
+/// A connection field's value, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    /// A non-secret setting.
+    Plain(String),
+    /// A secret.
+    Secret(Secret),
+}
+
+impl FieldValue {
+    /// The value, for building a request.
+    pub fn expose(&self) -> &str {
+        match self {
+            FieldValue::Plain(s) => s,
+            FieldValue::Secret(s) => s.expose(),
+        }
+    }
+}
+
+/// A connection whose values were read from the environment and files.
+#[derive(Debug, Clone)]
+pub struct ResolvedConnection {
+    /// Connection name.
+    pub name: String,
+    /// Connector name.
+    pub connector: String,
+    /// Values by field name.
+    pub fields: HashMap<String, FieldValue>,
+    /// Rate-limit override.
+    pub rate_limits: Option<Vec<RateWindow>>,
+    /// Concurrency override.
+    pub concurrency: Option<u32>,
+}
+
+impl ResolvedConnection {
+    /// A field's value.
+    pub fn get(&self, field: &str) -> Option<&FieldValue> {
+        self.fields.get(field)
+    }
+}
+
+/// A connection value that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// `{ env: NAME }` and NAME is not set.
+    #[error("connection `{connection}`: environment variable `{var}` (for `{field}`) is not set")]
+    MissingEnv {
+        /// Connection.
+        connection: String,
+        /// Field.
+        field: String,
+        /// Variable.
+        var: String,
+    },
+    /// `{ file: PATH }` and the file cannot be read.
+    #[error("connection `{connection}`: cannot read `{path}` (for `{field}`): {source}")]
+    File {
+        /// Connection.
+        connection: String,
+        /// Field.
+        field: String,
+        /// Path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ConnectionDecl {
+    /// For dry runs: values that cannot be read become placeholders
+    /// (`${GHL_LOCATION_ID}`), since nothing is sent.
+    pub fn resolve_or_placeholders(&self, catalog: &Catalog) -> ResolvedConnection {
+        let mut fields = IndexMap::new();
+        for (k, v) in &self.fields {
+            let readable = match v {
+                ValueSource::Env(var) => std::env::var(var).is_ok(),
+                ValueSource::File(p) => std::path::Path::new(p).exists(),
+                ValueSource::Literal(_) => true,
+            };
+            let v = match v {
+                _ if readable => v.clone(),
+                ValueSource::Env(var) => ValueSource::Literal(format!("${{{var}}}")),
+                ValueSource::File(p) => ValueSource::Literal(format!("<contents of {p}>")),
+                ValueSource::Literal(_) => v.clone(),
+            };
+            fields.insert(k.clone(), v);
+        }
+        let decl = ConnectionDecl {
+            fields,
+            ..self.clone()
+        };
+        decl.resolve(catalog).expect("placeholders always resolve")
+    }
+
+    /// Reads every value; secret fields become [`Secret`]s.
+    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedConnection, ConnectionError> {
+        let connector = catalog.connector(&self.connector);
+        let mut fields = HashMap::new();
+        for (field, source) in &self.fields {
+            let raw = match source {
+                ValueSource::Literal(v) => v.clone(),
+                ValueSource::Env(var) => {
+                    std::env::var(var).map_err(|_| ConnectionError::MissingEnv {
+                        connection: self.name.clone(),
+                        field: field.clone(),
+                        var: var.clone(),
+                    })?
+                }
+                ValueSource::File(path) => std::fs::read_to_string(path)
+                    .map_err(|source| ConnectionError::File {
+                        connection: self.name.clone(),
+                        field: field.clone(),
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            };
+            let secret = connector
+                .and_then(|c| c.connection.get(field))
+                .is_some_and(|f| f.secret);
+            let value = if secret {
+                FieldValue::Secret(Secret::new(raw))
+            } else {
+                FieldValue::Plain(raw)
+            };
+            fields.insert(field.clone(), value);
+        }
+        Ok(ResolvedConnection {
+            name: self.name.clone(),
+            connector: self.connector.clone(),
+            fields,
+            rate_limits: self.rate_limits.clone(),
+            concurrency: self.concurrency,
+        })
+    }
 }
 
 /// All connections of a connections file.
@@ -145,18 +290,51 @@ fn connection(
         return None;
     };
     let mut fields = IndexMap::new();
+    let mut rate_limits = None;
+    let mut concurrency = None;
     for (k, v) in entries {
         let key = k.key_string();
         if key == "connector" {
             continue;
         }
+        if key == "rate_limits" {
+            match serde_json::from_value::<Vec<RateWindow>>(v.to_json()) {
+                Ok(w)
+                    if w.iter().all(|w| {
+                        crate::duration::parse_duration(&w.per).is_ok() && w.requests > 0
+                    }) =>
+                {
+                    rate_limits = Some(w)
+                }
+                _ => diags.push(Diagnostic::error(
+                    file,
+                    v.span.start,
+                    "wrong-type",
+                    "`rate_limits` must be a list of `{ requests: N, per: DURATION }`",
+                )),
+            }
+            continue;
+        }
+        if key == "concurrency" {
+            match v.kind {
+                NodeKind::Int(n) if n > 0 && n <= u32::MAX as i64 => concurrency = Some(n as u32),
+                _ => diags.push(Diagnostic::error(
+                    file,
+                    v.span.start,
+                    "wrong-type",
+                    "`concurrency` must be a whole number of at least 1",
+                )),
+            }
+            continue;
+        }
+        const SETTINGS: [&str; 3] = ["base_url", "rate_limits", "concurrency"];
         let known = key == "base_url" || connector.connection.contains_key(&key);
         if !known {
             let names = connector
                 .connection
                 .keys()
                 .map(String::as_str)
-                .chain(["base_url"]);
+                .chain(SETTINGS);
             diags.push(
                 Diagnostic::error(
                     file,
@@ -199,6 +377,8 @@ fn connection(
                 let mut d = Diagnostic::error(file, v.span.start, "secret-literal", format!("`{key}` is a secret: it must come from `{{ env: NAME }}` or `{{ file: PATH }}`, not a literal"));
                 d.hide_source = true;
                 diags.push(d);
+                // Recorded anyway so the field does not also count as missing.
+                fields.insert(key, ValueSource::Literal(String::new()));
                 continue;
             }
             _ => ValueSource::Literal(v.key_string()),
@@ -219,6 +399,8 @@ fn connection(
         name: name.to_string(),
         connector: connector_name,
         fields,
+        rate_limits,
+        concurrency,
         pos,
     })
 }

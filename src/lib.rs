@@ -7,10 +7,14 @@
 pub mod catalog;
 pub mod cli;
 pub mod connections;
+pub mod connectors;
 pub mod diagnostic;
 pub mod duration;
+pub mod engine;
+pub mod fire;
 pub mod jsonpath;
 pub mod recipe;
 pub mod schema;
+pub mod secret;
 pub mod template;
 pub mod yaml;

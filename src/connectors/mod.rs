@@ -1,0 +1,691 @@
+//! The connector runtime: calls catalog operations over HTTP (or in the
+//! engine, for `store` and `http.request`) for a connection, with auth,
+//! client-side rate limits, a concurrency cap, retries with backoff and
+//! `Retry-After`, pagination, and error classification.
+
+pub mod auth;
+pub mod errors;
+pub mod native;
+pub mod ratelimit;
+pub mod request;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+use crate::catalog::{Catalog, ConnectorDef, ErrorKind, OpRef, PageStyle};
+use crate::connections::ResolvedConnection;
+use crate::duration::parse_duration;
+use crate::jsonpath::{self, JsonPath};
+use crate::recipe::validate::RetryPolicy;
+use crate::secret::Secret;
+use auth::{AuthContext, AuthState, TokenStore};
+pub use errors::StepError;
+use native::LinkStore;
+use ratelimit::RateLimiter;
+use request::Prepared;
+
+/// Retry policy when neither the step nor the connector sets one.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(60),
+};
+
+/// Default request timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Page cap when the catalog sets none.
+const DEFAULT_MAX_PAGES: u32 = 10;
+
+/// The result of one operation call.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The extracted output.
+    pub output: Value,
+    /// Attempts made (1 when the first succeeded).
+    pub attempts: u32,
+}
+
+/// A failed call and how many attempts it took.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The final error.
+    pub error: StepError,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// One connection's live state: limiter, concurrency slots, auth.
+struct Conn {
+    resolved: ResolvedConnection,
+    def: ConnectorDef,
+    base_url: String,
+    limiter: RateLimiter,
+    slots: Semaphore,
+    auth: AuthState,
+    timeout: Duration,
+}
+
+/// Shared by every run of one engine (or one `fire`).
+pub struct Runtime {
+    client: reqwest::Client,
+    catalog: Catalog,
+    conns: HashMap<String, Arc<Conn>>,
+    store: Arc<dyn LinkStore>,
+    tokens: Arc<dyn TokenStore>,
+    outputs: HashMap<String, JsonPath>,
+    /// When set, requests are recorded here instead of sent.
+    dry_run: Option<Mutex<Vec<Prepared>>>,
+}
+
+/// An attempt's error plus the wait the API asked for.
+struct AttemptError {
+    error: StepError,
+    retry_after: Option<Duration>,
+}
+
+impl From<StepError> for AttemptError {
+    fn from(error: StepError) -> Self {
+        AttemptError {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl Runtime {
+    /// A runtime over resolved connections.
+    pub fn new(
+        catalog: Catalog,
+        connections: Vec<ResolvedConnection>,
+        store: Arc<dyn LinkStore>,
+        tokens: Arc<dyn TokenStore>,
+    ) -> Runtime {
+        // reqwest is built without a default crypto provider (ring, not aws-lc).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("HTTP client builds");
+        let mut outputs = HashMap::new();
+        for op in catalog.operations() {
+            if let Some(p) = &op.def().output {
+                if let Ok(c) = jsonpath::compile(p) {
+                    outputs.insert(op.id(), c);
+                }
+            }
+        }
+        let mut conns = HashMap::new();
+        for c in connections {
+            let Some(def) = catalog.connector(&c.connector).cloned() else {
+                continue;
+            };
+            let windows: Vec<(u32, Duration)> = c
+                .rate_limits
+                .as_ref()
+                .unwrap_or(&def.rate_limits)
+                .iter()
+                .filter_map(|w| parse_duration(&w.per).ok().map(|d| (w.requests, d)))
+                .collect();
+            let concurrency = c.concurrency.or(def.concurrency).unwrap_or(32) as usize;
+            let base_url = c
+                .get("base_url")
+                .map(|v| v.expose().to_string())
+                .or_else(|| def.base_url.clone())
+                .unwrap_or_default();
+            let timeout = def
+                .timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .unwrap_or(DEFAULT_TIMEOUT);
+            conns.insert(
+                c.name.clone(),
+                Arc::new(Conn {
+                    limiter: RateLimiter::new(&windows),
+                    slots: Semaphore::new(concurrency.max(1)),
+                    auth: AuthState::default(),
+                    base_url,
+                    timeout,
+                    def,
+                    resolved: c,
+                }),
+            );
+        }
+        Runtime {
+            client,
+            catalog,
+            conns,
+            store,
+            tokens,
+            outputs,
+            dry_run: None,
+        }
+    }
+
+    /// Records requests instead of sending them (`fire --dry-run`).
+    pub fn with_dry_run(mut self) -> Runtime {
+        self.dry_run = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Whether this runtime only records requests.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.is_some()
+    }
+
+    /// The requests a dry run would have sent.
+    pub fn dry_run_requests(&self) -> Vec<Prepared> {
+        self.dry_run
+            .as_ref()
+            .map(|d| d.lock().expect("dry-run lock").clone())
+            .unwrap_or_default()
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Tokens fetched or refreshed by a connection so far.
+    pub fn token_fetches(&self, connection: &str) -> usize {
+        self.conns
+            .get(connection)
+            .map(|c| c.auth.fetches())
+            .unwrap_or(0)
+    }
+
+    /// The connection a step uses: the named one, or the only one of the
+    /// operation's connector.
+    fn conn_for(&self, op: &OpRef, name: Option<&str>) -> Result<Option<Arc<Conn>>, StepError> {
+        let connector = &op.connector().connector;
+        if let Some(n) = name {
+            return match self.conns.get(n) {
+                Some(c) if c.resolved.connector == *connector => Ok(Some(c.clone())),
+                _ => Err(StepError::new(
+                    ErrorKind::InvalidInput,
+                    format!("no `{connector}` connection named `{n}`"),
+                )),
+            };
+        }
+        let mut fitting = self
+            .conns
+            .values()
+            .filter(|c| c.resolved.connector == *connector);
+        match (fitting.next(), fitting.next()) {
+            (Some(c), None) => Ok(Some(c.clone())),
+            (None, _) if op.connector().builtin => Ok(None),
+            (None, _) => Err(StepError::new(
+                ErrorKind::InvalidInput,
+                format!("`{}` needs a `{connector}` connection", op.id()),
+            )),
+            _ => Err(StepError::new(
+                ErrorKind::InvalidInput,
+                format!("several `{connector}` connections: name one"),
+            )),
+        }
+    }
+
+    /// Calls an operation with retries; pages through list operations.
+    pub async fn call(
+        &self,
+        op: &OpRef,
+        connection: Option<&str>,
+        input: &Map<String, Value>,
+        retry: Option<RetryPolicy>,
+    ) -> Result<Outcome, Failure> {
+        let conn = self
+            .conn_for(op, connection)
+            .map_err(|error| Failure { error, attempts: 0 })?;
+        let policy = retry
+            .or_else(|| {
+                op.connector().retry.as_ref().and_then(|r| {
+                    Some(RetryPolicy {
+                        attempts: r.attempts,
+                        backoff: parse_duration(&r.backoff).ok()?,
+                        max_backoff: parse_duration(&r.max_backoff).ok()?,
+                    })
+                })
+            })
+            .unwrap_or(DEFAULT_RETRY);
+        let input = request::complete_input(op, conn.as_ref().map(|c| &c.resolved), input)
+            .map_err(|error| Failure { error, attempts: 0 })?;
+        if let Some(native) = &op.def().native {
+            return self
+                .native(op, native, conn.as_deref(), &input, &policy)
+                .await;
+        }
+        let Some(conn) = conn else {
+            return Err(Failure {
+                error: StepError::new(
+                    ErrorKind::InvalidInput,
+                    format!("`{}` needs a connection", op.id()),
+                ),
+                attempts: 0,
+            });
+        };
+        match &op.def().pagination {
+            Some(_) => self.paginate(op, &conn, input, &policy).await,
+            None => {
+                let (body, attempts) = self.with_retries(op, &conn, &input, &policy).await?;
+                Ok(Outcome {
+                    output: self.extract(op, body),
+                    attempts,
+                })
+            }
+        }
+    }
+
+    fn extract(&self, op: &OpRef, body: Value) -> Value {
+        match self.outputs.get(&op.id()) {
+            Some(p) => p.first(&body).unwrap_or(Value::Null),
+            None => body,
+        }
+    }
+
+    async fn paginate(
+        &self,
+        op: &OpRef,
+        conn: &Conn,
+        mut input: Map<String, Value>,
+        policy: &RetryPolicy,
+    ) -> Result<Outcome, Failure> {
+        let p = op.def().pagination.clone().expect("paginated op");
+        let items_path = jsonpath::compile(&p.items).map_err(|e| Failure {
+            error: StepError::new(ErrorKind::InvalidInput, e),
+            attempts: 0,
+        })?;
+        let page_size = p
+            .limit_input
+            .as_ref()
+            .and_then(|l| input.get(l).and_then(Value::as_u64))
+            .or(p.page_size);
+        if let (Some(l), Some(size)) = (&p.limit_input, page_size) {
+            input.entry(l.clone()).or_insert(Value::from(size));
+        }
+        let mut all = Vec::new();
+        let mut attempts = 0;
+        let mut offset = p
+            .offset_input
+            .as_ref()
+            .and_then(|o| input.get(o).and_then(Value::as_u64))
+            .unwrap_or(0);
+        let mut page = p
+            .page_input
+            .as_ref()
+            .and_then(|o| input.get(o).and_then(Value::as_u64))
+            .unwrap_or(1);
+        for _ in 0..p.max_pages.unwrap_or(DEFAULT_MAX_PAGES) {
+            match p.style {
+                PageStyle::Offset => {
+                    if let Some(o) = &p.offset_input {
+                        input.insert(o.clone(), Value::from(offset));
+                    }
+                }
+                PageStyle::Page => {
+                    if let Some(pi) = &p.page_input {
+                        input.insert(pi.clone(), Value::from(page));
+                    }
+                }
+                PageStyle::Cursor => {}
+            }
+            let (body, n) = self.with_retries(op, conn, &input, policy).await?;
+            attempts += n;
+            let items: Vec<Value> = match items_path.first(&body) {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            };
+            let count = items.len() as u64;
+            all.extend(items);
+            if count == 0 || page_size.is_some_and(|s| count < s) {
+                break;
+            }
+            match p.style {
+                PageStyle::Offset => offset += count,
+                PageStyle::Page => page += 1,
+                PageStyle::Cursor => {
+                    let mut advanced = false;
+                    for (name, path) in &p.cursor {
+                        match jsonpath::compile(path).ok().and_then(|jp| jp.first(&body)) {
+                            Some(v) if !v.is_null() => {
+                                advanced = true;
+                                input.insert(name.clone(), v);
+                            }
+                            _ => {
+                                input.remove(name);
+                            }
+                        }
+                    }
+                    if !advanced {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Outcome {
+            output: Value::Array(all),
+            attempts,
+        })
+    }
+
+    /// One logical request with the step's retry policy.
+    async fn with_retries(
+        &self,
+        op: &OpRef,
+        conn: &Conn,
+        input: &Map<String, Value>,
+        policy: &RetryPolicy,
+    ) -> Result<(Value, u32), Failure> {
+        let prepared = request::prepare(op, &conn.base_url, input)
+            .map_err(|error| Failure { error, attempts: 0 })?;
+        if let Some(d) = &self.dry_run {
+            d.lock().expect("dry-run lock").push(prepared);
+            return Ok((Value::Null, 0));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(conn, &prepared).await {
+                Ok(v) => return Ok((v, attempt)),
+                Err(e) if e.error.kind.is_retryable() && attempt < policy.attempts => {
+                    let wait = match e.retry_after {
+                        Some(ra) if ra > retry::MAX_RETRY_AFTER => {
+                            return Err(Failure {
+                                error: e.error,
+                                attempts: attempt,
+                            })
+                        }
+                        Some(ra) => ra,
+                        None => retry::jittered(policy, attempt),
+                    };
+                    if e.error.kind == ErrorKind::RateLimited {
+                        conn.limiter.back_off(wait);
+                    }
+                    tracing::debug!(op = %op.id(), attempt, kind = e.error.kind.as_str(), wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    return Err(Failure {
+                        error: e.error,
+                        attempts: attempt,
+                    })
+                }
+            }
+        }
+    }
+
+    /// One attempt: limiter, slot, auth, send; one token refresh on 401.
+    async fn attempt(&self, conn: &Conn, prepared: &Prepared) -> Result<Value, AttemptError> {
+        let cx = AuthContext {
+            def: &conn.def,
+            conn: &conn.resolved,
+            base_url: &conn.base_url,
+            client: &self.client,
+            tokens: self.tokens.as_ref(),
+        };
+        let mut refreshed = false;
+        loop {
+            let header = conn.auth.header(&cx).await?;
+            conn.limiter.acquire().await;
+            let _slot = conn.slots.acquire().await.expect("semaphore open");
+            let result = self.send(conn, prepared, header.as_ref()).await;
+            match result {
+                Err(e) if e.error.kind == ErrorKind::Unauthorized && !refreshed => {
+                    let used = header.map(|(_, v)| v).unwrap_or_else(|| Secret::new(""));
+                    if !conn.auth.invalidate(&cx, &used).await {
+                        return Err(e);
+                    }
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        conn: &Conn,
+        p: &Prepared,
+        auth: Option<&(String, Secret)>,
+    ) -> Result<Value, AttemptError> {
+        let method =
+            reqwest::Method::from_bytes(p.method.as_bytes()).expect("catalog methods are valid");
+        let mut req = self.client.request(method, &p.url).timeout(conn.timeout);
+        if !p.query.is_empty() {
+            req = req.query(&p.query);
+        }
+        for (k, v) in &p.headers {
+            req = req.header(k, v);
+        }
+        if let Some((k, v)) = auth {
+            req = req.header(k, v.expose());
+        }
+        if let Some(b) = &p.body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        if let Some(h) = &conn.def.remaining_header {
+            if let Some(rem) = headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                let per = headers
+                    .get("x-ratelimit-interval-milliseconds")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                conn.limiter.observe_remaining(rem, per);
+            }
+        }
+        let text = resp.text().await.map_err(|e| transport_error(&e))?;
+        if (200..300).contains(&status) {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+        }
+        let error = errors::classify(&conn.def, status, &text);
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        Err(AttemptError { error, retry_after })
+    }
+
+    async fn native(
+        &self,
+        op: &OpRef,
+        native: &str,
+        conn: Option<&Conn>,
+        input: &Map<String, Value>,
+        policy: &RetryPolicy,
+    ) -> Result<Outcome, Failure> {
+        if let Some(d) = &self.dry_run {
+            if native == "http.request" {
+                d.lock()
+                    .expect("dry-run lock")
+                    .push(http_prepared(conn, input));
+                return Ok(Outcome {
+                    output: Value::Null,
+                    attempts: 0,
+                });
+            }
+        }
+        if native.starts_with("store.") {
+            return native::store_op(self.store.as_ref(), native, input)
+                .await
+                .map(|output| Outcome {
+                    output,
+                    attempts: 1,
+                })
+                .map_err(|error| Failure { error, attempts: 1 });
+        }
+        if native != "http.request" {
+            return Err(Failure {
+                error: StepError::new(
+                    ErrorKind::InvalidInput,
+                    format!("`{}`: unknown built-in `{native}`", op.id()),
+                ),
+                attempts: 0,
+            });
+        }
+        let prepared = http_prepared(conn, input);
+        let timeout = input
+            .get("timeout")
+            .and_then(Value::as_str)
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let def = self
+            .catalog
+            .connector("http")
+            .cloned()
+            .unwrap_or_else(|| op.connector().clone());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.generic(&def, &prepared, timeout).await {
+                Ok(output) => {
+                    return Ok(Outcome {
+                        output,
+                        attempts: attempt,
+                    })
+                }
+                Err(e) if e.error.kind.is_retryable() && attempt < policy.attempts => {
+                    let wait = e
+                        .retry_after
+                        .unwrap_or_else(|| retry::jittered(policy, attempt))
+                        .min(retry::MAX_RETRY_AFTER);
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    return Err(Failure {
+                        error: e.error,
+                        attempts: attempt,
+                    })
+                }
+            }
+        }
+    }
+
+    /// `http.request`: any method and URL; the output is status, headers and body.
+    async fn generic(
+        &self,
+        def: &ConnectorDef,
+        p: &Prepared,
+        timeout: Duration,
+    ) -> Result<Value, AttemptError> {
+        let method = reqwest::Method::from_bytes(p.method.as_bytes()).map_err(|_| {
+            StepError::new(
+                ErrorKind::InvalidInput,
+                format!("http.request: invalid method `{}`", p.method),
+            )
+        })?;
+        let mut req = self.client.request(method, &p.url).timeout(timeout);
+        if !p.query.is_empty() {
+            req = req.query(&p.query);
+        }
+        for (k, v) in &p.headers {
+            req = req.header(k, v);
+        }
+        if let Some(b) = &p.body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let headers: Map<String, Value> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value::String(v.to_str().unwrap_or("").to_string()),
+                )
+            })
+            .collect();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        let text = resp.text().await.map_err(|e| transport_error(&e))?;
+        if !(200..300).contains(&status) {
+            return Err(AttemptError {
+                error: errors::classify(def, status, &text),
+                retry_after,
+            });
+        }
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(serde_json::json!({"status": status, "headers": headers, "body": body}))
+    }
+}
+
+/// The request `http.request` sends; a relative URL uses the connection's base URL.
+fn http_prepared(conn: Option<&Conn>, input: &Map<String, Value>) -> Prepared {
+    let url = input.get("url").and_then(Value::as_str).unwrap_or_default();
+    let url = match conn {
+        Some(c) if !url.contains("://") => format!(
+            "{}/{}",
+            c.base_url.trim_end_matches('/'),
+            url.trim_start_matches('/')
+        ),
+        _ => url.to_string(),
+    };
+    let pairs = |v: Option<&Value>| -> Vec<(String, String)> {
+        v.and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Prepared {
+        method: match input
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("GET")
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            _ => "GET",
+        },
+        url,
+        query: pairs(input.get("query")),
+        headers: pairs(input.get("headers")),
+        body: input.get("body").cloned().filter(|b| !b.is_null()),
+    }
+}
+
+/// Maps a transport failure to `timeout` or `network`.
+fn transport_error(e: &reqwest::Error) -> AttemptError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Network
+    };
+    let mut msg = auth::without_url(e);
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    StepError::new(kind, msg).into()
+}
