@@ -1,7 +1,8 @@
 //! Converts the built-in connector files from YAML to JSON at build time,
 //! so the binary does not parse 90 KB of YAML at every start (see
-//! docs/performance.md). The YAML stays the source of truth; the same
-//! tree builder as at run time reads it.
+//! docs/performance.md): each connector's header as JSON, and each
+//! operation's JSON as its own string, parsed only when used. The YAML
+//! stays the source of truth; the same tree builder as at run time reads it.
 
 #[allow(dead_code)]
 #[path = "src/yaml.rs"]
@@ -19,19 +20,40 @@ const FILES: &[&str] = &[
 
 fn main() {
     let dir = Path::new("src/catalog/connectors");
-    let mut all = Vec::new();
+    let mut out =
+        String::from("/// Built-in connectors: (file, header JSON, [(operation, JSON)]).\n");
+    out.push_str("pub static BUILTIN_JSON: &[(&str, &str, &[(&str, &str)])] = &[\n");
     for f in FILES {
         let path = dir.join(f);
         println!("cargo::rerun-if-changed={}", path.display());
         let text = std::fs::read_to_string(&path).expect("connector file readable");
         // A broken file is reported by the catalog tests with its position;
         // here it just becomes null and fails loudly at start.
-        let json = match yaml::parse(&text) {
+        let mut json = match yaml::parse(&text) {
             Ok((root, _)) => root.to_json(),
             Err(_) => serde_json::Value::Null,
         };
-        all.push(serde_json::json!([f, json]));
+        let ops = json
+            .as_object_mut()
+            .and_then(|m| m.insert("operations".into(), serde_json::json!({})))
+            .and_then(|o| o.as_object().cloned())
+            .unwrap_or_default();
+        out.push_str(&format!("    ({f:?}, {}, &[\n", raw(&json.to_string())));
+        for (name, op) in ops {
+            out.push_str(&format!("        ({name:?}, {}),\n", raw(&op.to_string())));
+        }
+        out.push_str("    ]),\n");
     }
-    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("catalog.json");
-    std::fs::write(out, serde_json::to_string(&all).unwrap()).unwrap();
+    out.push_str("];\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("catalog.rs");
+    std::fs::write(dest, out).unwrap();
+}
+
+/// A Rust raw string literal holding `s`.
+fn raw(s: &str) -> String {
+    let mut hashes = String::from("#");
+    while s.contains(&format!("\"{hashes}")) {
+        hashes.push('#');
+    }
+    format!("r{hashes}\"{s}\"{hashes}")
 }

@@ -69,6 +69,7 @@ impl OpRef {
             .get_index(self.index)
             .expect("index valid")
             .1
+            .get()
     }
 
     /// The connector declaration.
@@ -93,11 +94,17 @@ impl Catalog {
     /// suite rather than at every start (they cost more than the parse), so
     /// a failure here is a bug in the binary.
     pub fn builtin() -> Catalog {
-        static JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
-        let files: Vec<(String, ConnectorDef)> = serde_json::from_str(JSON)
-            .unwrap_or_else(|e| panic!("a built-in connector is invalid: {e}"));
+        mod embedded {
+            include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
+        }
         let mut cat = Catalog::default();
-        for (name, def) in files {
+        for (name, header, ops) in embedded::BUILTIN_JSON {
+            let mut def: ConnectorDef = serde_json::from_str(header)
+                .unwrap_or_else(|e| panic!("built-in connector {name} is invalid: {e}"));
+            for (op, json) in *ops {
+                def.operations
+                    .insert(op.to_string(), LazyOperation::from_static(json));
+            }
             cat.insert(Connector {
                 def,
                 source: format!("builtin:{name}"),
@@ -189,40 +196,70 @@ fn read(file: &str, text: &str) -> Result<(Connector, yaml::Node), Vec<Diagnosti
             .map(|e| Diagnostic::error(file, e.pos, e.code, e.message))
             .collect());
     }
-    let json = root.to_json();
-    let def: ConnectorDef = match serde_path_to_error::deserialize(&json) {
+    // Through JSON text so operations can stay unparsed until used
+    // (`LazyOperation`); every one is parsed below to report problems now.
+    let json = root.to_json().to_string();
+    let mut de = serde_json::Deserializer::from_str(&json);
+    let def: ConnectorDef = match serde_path_to_error::deserialize(&mut de) {
         Ok(d) => d,
         Err(e) => {
             let pointer = to_pointer(e.path());
-            let inner = e.into_inner().to_string();
-            // Unknown keys are reported at the key itself.
-            let pos = unknown_field(&inner)
-                .and_then(|f| {
-                    root.key_at_pointer(&pointer)
-                        .filter(|k| k.key_string() == f)
-                        .or_else(|| root.key_at_pointer(&format!("{pointer}/{f}")))
-                })
-                .map(|k| k.span.start)
-                .or_else(|| root.at_pointer(&pointer).map(|n| n.span.start))
-                .unwrap_or(Pos::new(1, 1));
-            let at = if pointer.is_empty() {
-                "/".to_string()
-            } else {
-                pointer
-            };
-            return Err(vec![Diagnostic::error(
+            return Err(vec![shape_error(
                 file,
-                pos,
-                "invalid-connector",
-                format!("at {at}: {inner}"),
+                &root,
+                pointer,
+                e.into_inner().to_string(),
             )]);
         }
     };
+    let mut diags = Vec::new();
+    for (name, op) in &def.operations {
+        if let Err(e) = op.try_parse() {
+            let pointer = format!(
+                "/operations/{}{}",
+                escape_pointer(name),
+                to_pointer(e.path())
+            );
+            diags.push(shape_error(
+                file,
+                &root,
+                pointer,
+                e.into_inner().to_string(),
+            ));
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
     let connector = Connector {
         def,
         source: file.to_string(),
     };
     Ok((connector, root))
+}
+
+/// A serde error at a JSON pointer, as a diagnostic at that node (unknown
+/// keys at the key itself).
+fn shape_error(file: &str, root: &yaml::Node, pointer: String, inner: String) -> Diagnostic {
+    let pos = unknown_field(&inner)
+        .and_then(|f| {
+            root.key_at_pointer(&pointer)
+                .filter(|k| k.key_string() == f)
+                .or_else(|| root.key_at_pointer(&format!("{pointer}/{f}")))
+        })
+        .map(|k| k.span.start)
+        .or_else(|| root.at_pointer(&pointer).map(|n| n.span.start))
+        .unwrap_or(Pos::new(1, 1));
+    let at = if pointer.is_empty() {
+        "/".to_string()
+    } else {
+        pointer
+    };
+    Diagnostic::error(file, pos, "invalid-connector", format!("at {at}: {inner}"))
+}
+
+fn escape_pointer(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
 }
 
 fn to_pointer(path: &serde_path_to_error::Path) -> String {
@@ -326,7 +363,7 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
             }
         }
     }
-    for (name, def_op) in &def.operations {
+    for (name, def_op) in def.operations.iter().map(|(n, o)| (n, o.get())) {
         let base = format!("/operations/{}", name.replace('~', "~0").replace('/', "~1"));
         for (input, idef) in &def_op.inputs {
             if let Some(f) = &idef.from_connection {
@@ -343,7 +380,7 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
         }
     }
 
-    for (name, op) in &def.operations {
+    for (name, op) in def.operations.iter().map(|(n, o)| (n, o.get())) {
         let base = format!("/operations/{name}");
         match op.kind {
             OpKind::Action => {
@@ -374,7 +411,7 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
                     format!("poll trigger `{name}` needs a `poll:` block"),
                 ),
                 Some(p) => {
-                    match def.operations.get(&p.operation) {
+                    match def.operations.get(&p.operation).map(LazyOperation::get) {
                         Some(list) if list.kind == OpKind::Action => {
                             if !list.inputs.contains_key(&p.cursor_input) {
                                 err(

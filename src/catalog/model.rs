@@ -58,7 +58,84 @@ pub struct ConnectorDef {
     #[serde(default)]
     pub webhook: Option<WebhookDef>,
     /// Operations by id without the connector prefix (`contacts.create`).
-    pub operations: IndexMap<String, OperationDef>,
+    pub operations: IndexMap<String, LazyOperation>,
+}
+
+/// An operation read on first use: a process that validates one recipe
+/// needs a handful of the catalog's operations, and deserializing all of
+/// them was most of its start-up time (docs/performance.md).
+#[derive(Debug)]
+pub struct LazyOperation {
+    raw: std::borrow::Cow<'static, str>,
+    parsed: std::sync::OnceLock<OperationDef>,
+}
+
+impl LazyOperation {
+    /// An operation from JSON embedded in the binary.
+    pub fn from_static(json: &'static str) -> LazyOperation {
+        LazyOperation {
+            raw: std::borrow::Cow::Borrowed(json),
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The declaration. Built-in connectors are checked by the test suite
+    /// and override files eagerly at load, so this cannot fail.
+    pub fn get(&self) -> &OperationDef {
+        self.parsed.get_or_init(|| {
+            serde_json::from_str(&self.raw)
+                .unwrap_or_else(|e| panic!("operation declaration invalid: {e}"))
+        })
+    }
+
+    /// Parses with the JSON path of the first problem.
+    pub fn try_parse(
+        &self,
+    ) -> Result<&OperationDef, serde_path_to_error::Error<serde_json::Error>> {
+        if let Some(p) = self.parsed.get() {
+            return Ok(p);
+        }
+        let mut de = serde_json::Deserializer::from_str(&self.raw);
+        let def: OperationDef = serde_path_to_error::deserialize(&mut de)?;
+        Ok(self.parsed.get_or_init(|| def))
+    }
+}
+
+impl Clone for LazyOperation {
+    fn clone(&self) -> Self {
+        LazyOperation {
+            raw: self.raw.clone(),
+            parsed: self.parsed.clone(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LazyOperation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Ok(LazyOperation {
+            raw: std::borrow::Cow::Owned(raw.get().to_string()),
+            parsed: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+impl Serialize for LazyOperation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl JsonSchema for LazyOperation {
+    fn inline_schema() -> bool {
+        OperationDef::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        OperationDef::schema_name()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        OperationDef::json_schema(g)
+    }
 }
 
 /// One field of a connection.

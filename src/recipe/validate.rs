@@ -490,7 +490,8 @@ impl Validator<'_> {
                     .def()
                     .poll
                     .as_ref()
-                    .and_then(|p| op.connector().operations.get(&p.operation));
+                    .and_then(|p| op.connector().operations.get(&p.operation))
+                    .map(|l| l.get());
                 let mut bad = false;
                 for (k, _) in m.0.as_map().unwrap_or(&[]) {
                     let name = k.key_string();
