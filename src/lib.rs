@@ -10,6 +10,7 @@ pub mod connections;
 pub mod connectors;
 pub mod diagnostic;
 pub mod duration;
+pub mod emulator;
 pub mod engine;
 pub mod fire;
 pub mod jsonpath;
