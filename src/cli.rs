@@ -99,6 +99,7 @@ enum CatalogFormat {
 
 /// Runs the CLI and returns the exit code.
 pub fn main() -> i32 {
+    init_logging();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -144,6 +145,18 @@ pub fn main() -> i32 {
             EXIT_OK
         }
     }
+}
+
+/// Logs go to stderr; `PATCHBAY_LOG` (or `RUST_LOG`) sets the filter,
+/// default `warn`.
+fn init_logging() {
+    let filter = std::env::var("PATCHBAY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Loads the catalog, reporting broken override files.

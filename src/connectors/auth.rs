@@ -271,6 +271,7 @@ impl AuthState {
             )
         })?;
         let status = resp.status().as_u16();
+        tracing::debug!(connection = %cx.conn.name, url = %url, status, "token request");
         let text = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
             let mut e = classify(cx.def, status, &text);

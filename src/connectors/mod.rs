@@ -466,8 +466,10 @@ impl Runtime {
         if let Some(b) = &p.body {
             req = req.json(b);
         }
+        let sent = tokio::time::Instant::now();
         let resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
+        tracing::debug!(connection = %conn.resolved.name, method = p.method, url = %p.url, status, elapsed_ms = sent.elapsed().as_millis() as u64, "request");
         let headers = resp.headers().clone();
         if let Some(h) = &conn.def.remaining_header {
             if let Some(rem) = headers

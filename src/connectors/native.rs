@@ -133,12 +133,18 @@ pub async fn store_op(
         .get("namespace")
         .and_then(Value::as_str)
         .unwrap_or("links");
-    let key = input.get("key").and_then(Value::as_str).ok_or_else(|| {
-        StepError::new(
-            ErrorKind::InvalidInput,
-            format!("{native}: input `key` is required"),
-        )
-    })?;
+    // Ids are often numbers (SendPulse): a number key is its text.
+    let key = match input.get("key") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => {
+            return Err(StepError::new(
+                ErrorKind::InvalidInput,
+                format!("{native}: input `key` must be a non-empty string or a number"),
+            ))
+        }
+    };
+    let key = key.as_str();
     let failed = |e: String| {
         StepError::new(
             ErrorKind::Server,

@@ -1,0 +1,261 @@
+//! `patchbay fire` end to end: the example recipes run as a child process
+//! against the API emulators, and no secret ever shows in its output, its
+//! dry-run output or its logs.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use patchbay::emulator::{ghl, sendpulse};
+use serde_json::{json, Value};
+
+const GHL_TOKEN: &str = "SECRET-ghl-token-4f1c";
+const GHL_REFRESH: &str = "SECRET-ghl-refresh-77aa";
+const GHL_CLIENT_SECRET: &str = "SECRET-ghl-client-9d0e";
+const SP_ID: &str = "sp-client-id-public";
+const SP_SECRET: &str = "SECRET-sendpulse-secret-b2c3";
+const SECRETS: [&str; 4] = [GHL_TOKEN, GHL_REFRESH, GHL_CLIENT_SECRET, SP_SECRET];
+
+struct World {
+    ghl: ghl::GhlEmulator,
+    sp: sendpulse::SendPulseEmulator,
+    dir: PathBuf,
+}
+
+async fn world(name: &str) -> World {
+    let ghl = ghl::start(ghl::GhlConfig {
+        token: GHL_TOKEN.into(),
+        refresh_token: GHL_REFRESH.into(),
+        client_secret: GHL_CLIENT_SECRET.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sp = sendpulse::start(sendpulse::SendPulseConfig {
+        client_id: SP_ID.into(),
+        client_secret: SP_SECRET.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("patchbay-fire-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("connections.yaml"),
+        format!(
+            "ghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: GHL_TOKEN }}\n  location_id: {}\n  refresh_token: {{ env: GHL_REFRESH }}\n  client_id: {}\n  client_secret: {{ env: GHL_CLIENT_SECRET }}\n\
+             sendpulse-main:\n  connector: sendpulse\n  base_url: {}\n  client_id: {}\n  client_secret: {{ env: SP_SECRET }}\n",
+            ghl.base_url(),
+            ghl.config().location_id,
+            ghl.config().client_id,
+            sp.base_url(),
+            SP_ID,
+        ),
+    )
+    .unwrap();
+    World { ghl, sp, dir }
+}
+
+impl World {
+    fn event(&self, name: &str, v: Value) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        p
+    }
+
+    /// Runs `patchbay fire` (blocking the runtime thread is avoided: the
+    /// emulators live on other worker threads).
+    async fn fire(&self, recipe: &str, event: &Path, extra: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["fire", &format!("recipes/{recipe}.yaml"), "--event"])
+            .arg(event)
+            .arg("--connections")
+            .arg(self.dir.join("connections.yaml"))
+            .args(extra)
+            .env("GHL_TOKEN", GHL_TOKEN)
+            .env("GHL_REFRESH", GHL_REFRESH)
+            .env("GHL_CLIENT_SECRET", GHL_CLIENT_SECRET)
+            .env("SP_SECRET", SP_SECRET)
+            .env("PATCHBAY_LOG", "debug");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_no_secrets(o: &Output) {
+    let all = text(o);
+    for s in SECRETS {
+        assert!(!all.contains(s), "secret {s} leaked:\n{all}");
+    }
+}
+
+fn report(o: &Output) -> Value {
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)));
+    v[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_recipe_creates_a_tagged_contact() {
+    let w = world("sub").await;
+    let ev = w.event(
+        "ev.json",
+        json!([{"event": "new_emails", "timestamp": "1732700000", "book_id": "490686", "email": "Ada.Lovelace@example.com",
+                "variables": {"name": "Ada Lovelace", "phone": "+44 20 7946 0958"}}]),
+    );
+    let o = w
+        .fire(
+            "sendpulse-subscriber-to-ghl-contact",
+            &ev,
+            &["--format", "json"],
+        )
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_no_secrets(&o);
+    let r = report(&o);
+    assert_eq!(r["status"], "completed", "{r}");
+    let contacts = w.ghl.contacts();
+    assert_eq!(contacts.len(), 1);
+    let c = &contacts[0];
+    assert_eq!(
+        (c["firstName"].as_str(), c["lastName"].as_str()),
+        (Some("Ada"), Some("Lovelace"))
+    );
+    assert_eq!(c["phone"], "+442079460958");
+    let tags: Vec<&str> = c["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for t in ["sendpulse", "book-490686", "lead", "newsletter"] {
+        assert!(tags.contains(&t), "{tags:?}");
+    }
+    // The upsert went to the upsert endpoint with the location from the connection.
+    let upsert = w
+        .ghl
+        .requests()
+        .into_iter()
+        .find(|q| q.path == "/contacts/upsert")
+        .unwrap();
+    assert_eq!(upsert.body["locationId"], json!(w.ghl.config().location_id));
+    assert_eq!(
+        upsert.header("authorization"),
+        Some(format!("Bearer {GHL_TOKEN}").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_recipe_creates_the_task_under_the_contact_found_by_email() {
+    let w = world("task").await;
+    let ghl_contact = w
+        .ghl
+        .insert_contact(json!({"email": "grace@example.com", "firstName": "Grace"}));
+    let sp_contact = w.sp.insert_crm_contact(json!({"firstName": "Grace", "emails": [{"id": 1, "email": "grace@example.com", "isMain": true}]}));
+    let task = json!({"id": 456, "name": "Call Grace", "description": "Discuss pricing", "stepId": 1,
+                      "startAt": "2026-12-03 10:00", "finishAt": "2026-12-03 10:30", "contacts": [sp_contact],
+                      "updatedAt": "2026-12-01 09:00:00"});
+    let ev = w.event("task.json", task);
+    let o = w
+        .fire("sendpulse-task-to-ghl-task", &ev, &["--format", "json"])
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_no_secrets(&o);
+    let tasks = w.ghl.tasks(&ghl_contact);
+    assert_eq!(tasks.len(), 1, "{}", text(&o));
+    assert_eq!(tasks[0]["title"], "Call Grace");
+    assert_eq!(tasks[0]["dueDate"], "2026-12-03T10:30:00.000Z");
+    let r = report(&o);
+    let save = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "save_link")
+        .unwrap();
+    assert_eq!(save["output"]["contactId"], json!(ghl_contact));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn note_and_appointment_recipes_reach_highlevel() {
+    let w = world("note").await;
+    let ghl_contact = w.ghl.insert_contact(json!({"email": "alan@example.com"}));
+    let sp_contact = w.sp.insert_crm_contact(json!({"firstName": "Alan", "emails": [{"id": 1, "email": "alan@example.com", "isMain": true}]}));
+    let contact_event = json!({"id": sp_contact, "emails": [{"id": 1, "email": "alan@example.com", "isMain": true}],
+        "comments": [{"id": 77, "text": "Called, interested"}, {"id": 78, "text": "Sent pricing"}], "updatedAt": "2026-12-01 09:00:00"});
+    let ev = w.event("contact.json", contact_event);
+    let o = w
+        .fire("sendpulse-note-to-ghl-note", &ev, &["--format", "json"])
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let notes: Vec<String> = w
+        .ghl
+        .notes(&ghl_contact)
+        .iter()
+        .map(|n| n["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes.contains(&"Called, interested".to_string()));
+
+    let task = json!({"id": 900, "name": "Demo with Alan", "startAt": "2026-12-04 15:00", "finishAt": "2026-12-04 16:00",
+                      "contacts": [sp_contact], "updatedAt": "2026-12-01 09:00:00"});
+    let ev = w.event("appt.json", task);
+    let o = w
+        .fire(
+            "sendpulse-task-to-ghl-appointment",
+            &ev,
+            &["--format", "json"],
+        )
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_no_secrets(&o);
+    let appts = w.ghl.appointments();
+    assert_eq!(appts.len(), 1, "{}", text(&o));
+    assert_eq!(appts[0]["contactId"], json!(ghl_contact));
+    assert_eq!(appts[0]["startTime"], "2026-12-04T15:00:00.000Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_requests_sends_none_and_redacts_secrets() {
+    let w = world("dry").await;
+    let ev = w.event("ev.json", json!([{"event": "new_emails", "book_id": "490686", "email": "x@example.com", "variables": {"name": "X Y"}}]));
+    let o = w
+        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &["--dry-run"])
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_no_secrets(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("POST {}/contacts/upsert", w.ghl.base_url())),
+        "{out}"
+    );
+    assert!(out.contains("\"email\": \"x@example.com\""), "{out}");
+    assert!(out.contains("authorization: ***"), "{out}");
+    assert!(w.ghl.requests().is_empty(), "a dry run sent requests");
+    assert!(w.sp.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_exit_one_with_the_api_message_and_no_secret() {
+    let w = world("fail").await;
+    w.ghl.control().inject(patchbay::emulator::Fault::Status(422, json!({"statusCode": 422, "message": ["email must be an email"], "error": "Unprocessable Entity"})), 1);
+    let ev = w.event("ev.json", json!([{"event": "new_emails", "book_id": "490686", "email": "bad", "variables": {"name": "B"}}]));
+    let o = w
+        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &[])
+        .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_no_secrets(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("error: unprocessable (HTTP 422): email must be an email"),
+        "{out}"
+    );
+}
