@@ -458,3 +458,87 @@ async fn five_hundred_actions_get_no_429_and_stay_within_the_limit() {
     }
     assert!(times[499] >= Duration::from_secs(40));
 }
+
+#[tokio::test]
+async fn a_reset_connection_is_a_network_error_and_is_retried() {
+    let e = ghl::start(ghl::GhlConfig {
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let id = e.insert_contact(json!({"email": "a@b.c"}));
+    let (rt, _) = runtime(vec![ghl_conn(&e)]);
+    let cat = Catalog::builtin();
+    let op = cat.op("ghl.contacts.get").unwrap();
+    let input = json!({"contactId": id}).as_object().unwrap().clone();
+    e.control().inject(Fault::Reset, 1);
+    let policy = patchbay::recipe::validate::RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+    };
+    let out = rt.call(&op, None, &input, Some(policy)).await.unwrap();
+    assert_eq!(out.attempts, 2);
+    assert_eq!(out.output["id"], json!(id));
+    e.control().inject(Fault::Reset, 3);
+    let f = rt.call(&op, None, &input, Some(policy)).await.unwrap_err();
+    assert_eq!((f.error.kind, f.attempts), (ErrorKind::Network, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_cap_bounds_requests_in_flight() {
+    let e = ghl::start(ghl::GhlConfig {
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let id = e.insert_contact(json!({"email": "a@b.c"}));
+    e.control().set_latency(Duration::from_millis(100));
+    let mut c = ghl_conn(&e);
+    c.concurrency = Some(2);
+    let (rt, _) = runtime(vec![c]);
+    let cat = Catalog::builtin();
+    let op = cat.op("ghl.contacts.get").unwrap();
+    let input = json!({"contactId": id}).as_object().unwrap().clone();
+    let start = tokio::time::Instant::now();
+    let results =
+        futures_util::future::join_all((0..10).map(|_| rt.call(&op, None, &input, None))).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    // Ten 100 ms requests, two at a time: five rounds.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn list_operations_page_through_every_record() {
+    let e = ghl::start(ghl::GhlConfig {
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..250 {
+        e.insert_contact(json!({"email": format!("user{i}@example.com")}));
+    }
+    let (rt, _) = runtime(vec![ghl_conn(&e)]);
+    let cat = Catalog::builtin();
+    let op = cat.op("ghl.contacts.list").unwrap();
+    let out = rt
+        .call(&op, None, &serde_json::Map::new(), None)
+        .await
+        .unwrap();
+    let items = out.output.as_array().unwrap();
+    assert_eq!(items.len(), 250);
+    let mut emails: Vec<&str> = items.iter().map(|c| c["email"].as_str().unwrap()).collect();
+    emails.sort();
+    emails.dedup();
+    assert_eq!(emails.len(), 250, "a record was listed twice");
+    let pages: Vec<String> = e.requests().iter().map(|r| r.query.clone()).collect();
+    assert!(pages.len() >= 3 && pages.len() <= 4, "{pages:?}");
+    assert!(pages[1].contains("startAfterId="), "{pages:?}");
+}
