@@ -17,5 +17,6 @@ pub mod jsonpath;
 pub mod recipe;
 pub mod schema;
 pub mod secret;
+pub mod store;
 pub mod template;
 pub mod yaml;

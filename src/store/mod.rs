@@ -1,0 +1,247 @@
+//! The durable store: accepted events, runs with per-step checkpoints,
+//! dedupe keys, the `store` connector's links, OAuth tokens, poll cursors,
+//! rejected deliveries and dead letters. [`Store`] is what the engine needs;
+//! [`sqlite::SqliteStore`] is the embedded implementation. Nothing about a
+//! run lives only in memory: claims are leases in the store, so another
+//! process can take over a crashed one's work.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::connectors::auth::{BoxFut, TokenStore};
+use crate::connectors::native::LinkStore;
+use crate::engine::{RunReport, StepRecord};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error.
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A value in the store does not parse.
+    #[error("store: corrupt value in {what}: {detail}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// The store URL is not one patchbay knows.
+    #[error("store URL `{0}` is not supported: use `sqlite://FILE`")]
+    Url(String),
+}
+
+/// A run to create with its event.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Run id.
+    pub id: String,
+    /// Recipe name.
+    pub recipe: String,
+    /// Content hash of the recipe version that will run it.
+    pub recipe_version: String,
+    /// Runs with the same key run in arrival order.
+    pub ordering_key: Option<String>,
+}
+
+/// An accepted event and the runs it starts.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Event id.
+    pub id: String,
+    /// Connection it came from (empty for schedules).
+    pub connection: String,
+    /// Trigger operation id.
+    pub operation: String,
+    /// The coerced payload.
+    pub payload: Value,
+    /// Seen before within the retention window means: skip.
+    pub dedupe_key: Option<String>,
+    /// One per matching recipe.
+    pub runs: Vec<NewRun>,
+}
+
+/// One webhook delivery, accepted or rejected, for operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// Connection in the URL.
+    pub connection: String,
+    /// Status answered.
+    pub status: u16,
+    /// `accepted`, `unmatched`, or why it was rejected (no secrets).
+    pub outcome: String,
+    /// Events in the delivery.
+    pub events: u32,
+    /// When.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    /// New events stored.
+    pub events: u32,
+    /// Events skipped as duplicates.
+    pub duplicates: u32,
+    /// Runs queued.
+    pub runs: u32,
+}
+
+/// A run a worker took.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    /// Run id.
+    pub id: String,
+    /// Recipe name.
+    pub recipe: String,
+    /// The version it started on.
+    pub recipe_version: String,
+    /// The event payload.
+    pub payload: Value,
+    /// First start (kept across resumes).
+    pub started_at: DateTime<Utc>,
+    /// Steps checkpointed before an interruption.
+    pub done: Vec<StepRecord>,
+}
+
+/// Run states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker holds its lease.
+    Running,
+    /// Done.
+    Completed,
+    /// Failed for good: a dead letter until replayed.
+    Failed,
+    /// `trigger.if` was false when it ran.
+    Filtered,
+    /// Replaced by a replay.
+    Replayed,
+}
+
+impl RunState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Filtered => "filtered",
+            RunState::Replayed => "replayed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<RunState> {
+        Some(match s {
+            "queued" => RunState::Queued,
+            "running" => RunState::Running,
+            "completed" => RunState::Completed,
+            "failed" => RunState::Failed,
+            "filtered" => RunState::Filtered,
+            "replayed" => RunState::Replayed,
+            _ => return None,
+        })
+    }
+}
+
+/// A run as listed by `patchbay runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Recipe.
+    pub recipe: String,
+    /// Recipe version.
+    pub recipe_version: String,
+    /// State.
+    pub status: RunState,
+    /// The event.
+    pub event_id: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// The failing step, for failed runs.
+    pub failed_step: Option<String>,
+    /// The final error, for failed runs.
+    pub error: Option<Value>,
+}
+
+/// Filters of `runs`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this recipe.
+    pub recipe: Option<String>,
+    /// Only this state.
+    pub status: Option<RunState>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// What the engine needs from a store.
+pub trait Store: LinkStore + TokenStore + Send + Sync {
+    /// Stores events and their runs atomically (one transaction per batch
+    /// of concurrent ingests), skipping duplicates, and records the delivery.
+    fn ingest(
+        &self,
+        delivery: Delivery,
+        events: Vec<NewEvent>,
+    ) -> BoxFut<'_, Result<Ingested, StoreError>>;
+    /// Records a rejected delivery.
+    fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Takes the oldest claimable run (queued, or running with an expired
+    /// lease) whose ordering key has no earlier unfinished run.
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Option<ClaimedRun>, StoreError>>;
+    /// Persists finished steps of a run and extends its lease.
+    fn checkpoint<'a>(
+        &'a self,
+        run_id: &'a str,
+        records: &'a [StepRecord],
+        lease: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+    /// Ends a run with its report.
+    fn finish<'a>(&'a self, report: &'a RunReport) -> BoxFut<'a, Result<(), StoreError>>;
+    /// Lists runs.
+    fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>>;
+    /// One run with every step record.
+    fn run<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFut<'a, Result<Option<(RunSummary, Vec<StepRecord>)>, StoreError>>;
+    /// Queues a failed run again (as a new run of the same event); its id.
+    fn replay<'a>(
+        &'a self,
+        id: &'a str,
+        recipe_version: &'a str,
+    ) -> BoxFut<'a, Result<Option<String>, StoreError>>;
+    /// Recent deliveries, newest first.
+    fn deliveries(&self, limit: u32) -> BoxFut<'_, Result<Vec<Delivery>, StoreError>>;
+    /// Deletes finished runs (and their events) older than `age`, and
+    /// expired dedupe keys and links; how many runs went.
+    fn prune(&self, age: Duration) -> BoxFut<'_, Result<u64, StoreError>>;
+    /// A poll or schedule cursor.
+    fn cursor<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<Option<String>, StoreError>>;
+    /// Stores events and moves a cursor in one transaction.
+    fn ingest_with_cursor<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+        events: Vec<NewEvent>,
+    ) -> BoxFut<'a, Result<Ingested, StoreError>>;
+    /// Whether the store answers.
+    fn ping(&self) -> BoxFut<'_, bool>;
+}

@@ -1,0 +1,878 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! versioned migrations, and group commit — concurrent ingests are written
+//! by one task in one transaction, so durability costs one fsync per batch
+//! rather than per event.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store, StoreError,
+};
+use crate::connectors::auth::{BoxFut, StoredTokens, TokenStore};
+use crate::connectors::native::LinkStore;
+use crate::engine::{RunReport, RunStatus, StepRecord};
+use crate::secret::Secret;
+
+/// How long a dedupe key is remembered.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Schema versions, applied in order once each.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE events (
+        id TEXT PRIMARY KEY, connection TEXT NOT NULL, operation TEXT NOT NULL,
+        payload TEXT NOT NULL, received_at INTEGER NOT NULL);
+     CREATE TABLE runs (
+        id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, event_id TEXT NOT NULL REFERENCES events(id),
+        recipe TEXT NOT NULL, recipe_version TEXT NOT NULL, ordering_key TEXT,
+        status TEXT NOT NULL, lease_owner TEXT, lease_until INTEGER, started_at INTEGER,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, failed_step TEXT, error TEXT);
+     CREATE INDEX runs_claim ON runs(status, seq);
+     CREATE INDEX runs_ordering ON runs(ordering_key, seq);
+     CREATE INDEX runs_recipe ON runs(recipe, seq);
+     CREATE TABLE steps (run_id TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (run_id, idx));
+     CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+     CREATE TABLE links (namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, expires_at INTEGER,
+        PRIMARY KEY (namespace, key));
+     CREATE TABLE tokens (connection TEXT PRIMARY KEY, access_token TEXT NOT NULL, refresh_token TEXT, expires_at INTEGER);
+     CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, connection TEXT NOT NULL, status INTEGER NOT NULL,
+        outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);",
+];
+
+/// Most ingests written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A write that goes through the group-commit task.
+struct IngestJob {
+    delivery: Option<Delivery>,
+    events: Vec<NewEvent>,
+    cursor: Option<(String, String)>,
+    reply: oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: mpsc::Sender<IngestJob>,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `sqlite://FILE` or `sqlite::memory:` and
+    /// migrates it.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Url(url.to_string()));
+        }
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // An in-memory database exists once per connection.
+            .max_connections(if memory { 1 } else { 4 })
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        migrate(&pool).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(pool.clone(), rx));
+        Ok(SqliteStore { pool, writer: tx })
+    }
+
+    async fn submit(
+        &self,
+        delivery: Option<Delivery>,
+        events: Vec<NewEvent>,
+        cursor: Option<(String, String)>,
+    ) -> Result<Ingested, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = IngestJob {
+            delivery,
+            events,
+            cursor,
+            reply,
+        };
+        if self.writer.send(job).await.is_err() {
+            return Err(StoreError::Db(sqlx::Error::PoolClosed));
+        }
+        rx.await
+            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .execute(pool)
+        .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+        .fetch_one(pool)
+        .await?
+        .try_get("v")?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let mut tx = pool.begin().await?;
+        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The group-commit task: takes every waiting ingest, writes them in one
+/// transaction, answers each.
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<IngestJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&pool, &jobs).await;
+        match result {
+            Ok(counts) => {
+                for (job, c) in jobs.into_iter().zip(counts) {
+                    let _ = job.reply.send(Ok(c));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Corrupt {
+                        what: "ingest",
+                        detail: msg.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<Ingested>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM runs")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("s")?;
+    let now = now_ms();
+    let mut counts = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut c = Ingested::default();
+        for ev in &job.events {
+            if let Some(key) = &ev.dedupe_key {
+                let fresh = sqlx::query("INSERT INTO dedupe (key, expires_at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?")
+                    .bind(key)
+                    .bind(now + DEDUPE_WINDOW.as_millis() as i64)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if fresh == 0 {
+                    c.duplicates += 1;
+                    continue;
+                }
+            }
+            insert_event(&mut tx, ev, now).await?;
+            c.events += 1;
+            for run in &ev.runs {
+                seq += 1;
+                sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
+                    .bind(&run.id)
+                    .bind(seq)
+                    .bind(&ev.id)
+                    .bind(&run.recipe)
+                    .bind(&run.recipe_version)
+                    .bind(&run.ordering_key)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                c.runs += 1;
+            }
+        }
+        if let Some(d) = &job.delivery {
+            insert_delivery(&mut tx, d).await?;
+        }
+        if let Some((name, value)) = &job.cursor {
+            sqlx::query("INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        counts.push(c);
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    ev: &NewEvent,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&ev.id)
+        .bind(&ev.connection)
+        .bind(&ev.operation)
+        .bind(ev.payload.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_delivery(tx: &mut Transaction<'_, Sqlite>, d: &Delivery) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO deliveries (connection, status, outcome, events, received_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&d.connection)
+        .bind(d.status as i64)
+        .bind(&d.outcome)
+        .bind(d.events as i64)
+        .bind(d.received_at.timestamp_millis())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_json(what: &'static str, s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<RunSummary, StoreError> {
+    let status: String = row.try_get("status")?;
+    let error: Option<String> = row.try_get("error")?;
+    Ok(RunSummary {
+        id: row.try_get("id")?,
+        recipe: row.try_get("recipe")?,
+        recipe_version: row.try_get("recipe_version")?,
+        status: RunState::parse(&status).ok_or(StoreError::Corrupt {
+            what: "runs.status",
+            detail: status.clone(),
+        })?,
+        event_id: row.try_get("event_id")?,
+        created_at: to_time(row.try_get("created_at")?),
+        updated_at: to_time(row.try_get("updated_at")?),
+        failed_step: row.try_get("failed_step")?,
+        error: error.map(|e| parse_json("runs.error", &e)).transpose()?,
+    })
+}
+
+/// The columns of a [`RunSummary`].
+macro_rules! run_columns {
+    () => {
+        "id, recipe, recipe_version, status, event_id, created_at, updated_at, failed_step, error"
+    };
+}
+
+/// Finished runs older than a cutoff.
+macro_rules! finished_before {
+    () => {
+        "status IN ('completed', 'filtered', 'replayed') AND updated_at < ?"
+    };
+}
+
+impl Store for SqliteStore {
+    fn ingest(
+        &self,
+        delivery: Delivery,
+        events: Vec<NewEvent>,
+    ) -> BoxFut<'_, Result<Ingested, StoreError>> {
+        Box::pin(self.submit(Some(delivery), events, None))
+    }
+
+    fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.submit(Some(delivery), Vec::new(), None)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<Option<ClaimedRun>, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let row = sqlx::query(
+                "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
+                        started_at = COALESCE(started_at, ?3), updated_at = ?3
+                 WHERE id = (
+                    SELECT r.id FROM runs r
+                    WHERE (r.status = 'queued' OR (r.status = 'running' AND r.lease_until < ?3))
+                      AND (r.ordering_key IS NULL OR NOT EXISTS (
+                          SELECT 1 FROM runs o
+                          WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
+                            AND o.status IN ('queued', 'running')))
+                    ORDER BY r.seq LIMIT 1)
+                 RETURNING id, recipe, recipe_version, event_id, started_at",
+            )
+            .bind(worker)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let id: String = row.try_get("id")?;
+            let event_id: String = row.try_get("event_id")?;
+            let payload: String = sqlx::query("SELECT payload FROM events WHERE id = ?")
+                .bind(&event_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("payload")?;
+            let steps = sqlx::query("SELECT record FROM steps WHERE run_id = ? ORDER BY idx")
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await?;
+            let mut done = Vec::with_capacity(steps.len());
+            for s in steps {
+                let text: String = s.try_get("record")?;
+                done.push(
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                        what: "steps.record",
+                        detail: e.to_string(),
+                    })?,
+                );
+            }
+            Ok(Some(ClaimedRun {
+                id,
+                recipe: row.try_get("recipe")?,
+                recipe_version: row.try_get("recipe_version")?,
+                payload: parse_json("events.payload", &payload)?,
+                started_at: to_time(row.try_get("started_at")?),
+                done,
+            }))
+        })
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        run_id: &'a str,
+        records: &'a [StepRecord],
+        lease: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let next: i64 =
+                sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM steps WHERE run_id = ?")
+                    .bind(run_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            for (i, r) in records.iter().enumerate() {
+                sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
+                    .bind(run_id)
+                    .bind(next + i as i64)
+                    .bind(serde_json::to_string(r).expect("records serialize"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let now = now_ms();
+            sqlx::query("UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ?")
+                .bind(now + lease.as_millis() as i64)
+                .bind(now)
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn finish<'a>(&'a self, report: &'a RunReport) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let status = match report.status {
+                RunStatus::Completed => RunState::Completed,
+                RunStatus::Failed => RunState::Failed,
+                RunStatus::Filtered => RunState::Filtered,
+            };
+            sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(&report.failed_step)
+                .bind(report.error.as_ref().map(|e| serde_json::to_string(e).expect("errors serialize")))
+                .bind(now_ms())
+                .bind(&report.run_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>> {
+        Box::pin(async move {
+            let sql = concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE (?1 IS NULL OR recipe = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY seq DESC LIMIT ?3"
+            );
+            let rows = sqlx::query(sql)
+                .bind(filter.recipe)
+                .bind(filter.status.map(RunState::as_str))
+                .bind(if filter.limit == 0 { 100 } else { filter.limit } as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(summary).collect()
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFut<'a, Result<Option<(RunSummary, Vec<StepRecord>)>, StoreError>> {
+        Box::pin(async move {
+            let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?");
+            let Some(row) = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await? else {
+                return Ok(None);
+            };
+            let steps = sqlx::query("SELECT record FROM steps WHERE run_id = ? ORDER BY idx")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+            let mut records = Vec::new();
+            for s in steps {
+                let text: String = s.try_get("record")?;
+                records.push(
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                        what: "steps.record",
+                        detail: e.to_string(),
+                    })?,
+                );
+            }
+            Ok(Some((summary(&row)?, records)))
+        })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        id: &'a str,
+        recipe_version: &'a str,
+    ) -> BoxFut<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query("SELECT event_id, recipe, ordering_key FROM runs WHERE id = ? AND status = 'failed'")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM runs")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("s")?;
+            let new_id = format!("{:016x}", rand::random::<u64>());
+            let now = now_ms();
+            let event_id: String = row.try_get("event_id")?;
+            let recipe: String = row.try_get("recipe")?;
+            let ordering_key: Option<String> = row.try_get("ordering_key")?;
+            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
+                .bind(&new_id)
+                .bind(seq)
+                .bind(event_id)
+                .bind(recipe)
+                .bind(recipe_version)
+                .bind(ordering_key)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE runs SET status = 'replayed', updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(new_id))
+        })
+    }
+
+    fn deliveries(&self, limit: u32) -> BoxFut<'_, Result<Vec<Delivery>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT connection, status, outcome, events, received_at FROM deliveries ORDER BY id DESC LIMIT ?")
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Delivery {
+                        connection: r.try_get("connection")?,
+                        status: r.try_get::<i64, _>("status")? as u16,
+                        outcome: r.try_get("outcome")?,
+                        events: r.try_get::<i64, _>("events")? as u32,
+                        received_at: to_time(r.try_get("received_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn prune(&self, age: Duration) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let cutoff = now - age.as_millis() as i64;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(concat!(
+                "DELETE FROM steps WHERE run_id IN (SELECT id FROM runs WHERE ",
+                finished_before!(),
+                ")"
+            ))
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            let runs = sqlx::query(concat!("DELETE FROM runs WHERE ", finished_before!()))
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM deliveries WHERE received_at < ?")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM dedupe WHERE expires_at < ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM links WHERE expires_at IS NOT NULL AND expires_at < ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(runs)
+        })
+    }
+
+    fn cursor<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT value FROM cursors WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|r| r.try_get("value")).transpose()?)
+        })
+    }
+
+    fn ingest_with_cursor<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+        events: Vec<NewEvent>,
+    ) -> BoxFut<'a, Result<Ingested, StoreError>> {
+        Box::pin(self.submit(None, events, Some((name.to_string(), value.to_string()))))
+    }
+
+    fn ping(&self) -> BoxFut<'_, bool> {
+        Box::pin(async move { sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() })
+    }
+}
+
+impl LinkStore for SqliteStore {
+    fn put<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        value: Value,
+        ttl: Option<Duration>,
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO links (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")
+                .bind(namespace)
+                .bind(key)
+                .bind(value.to_string())
+                .bind(ttl.map(|t| now_ms() + t.as_millis() as i64))
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+    ) -> BoxFut<'a, Result<Option<Value>, String>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT value FROM links WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)")
+                .bind(namespace)
+                .bind(key)
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            match row {
+                None => Ok(None),
+                Some(r) => {
+                    let text: String = r.try_get("value").map_err(|e| e.to_string())?;
+                    serde_json::from_str(&text)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFut<'a, Result<bool, String>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM links WHERE namespace = ? AND key = ?")
+                .bind(namespace)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected() > 0)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl TokenStore for SqliteStore {
+    fn load<'a>(&'a self, connection: &'a str) -> BoxFut<'a, Option<StoredTokens>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT access_token, refresh_token, expires_at FROM tokens WHERE connection = ?",
+            )
+            .bind(connection)
+            .fetch_optional(&self.pool)
+            .await
+            .ok()??;
+            Some(StoredTokens {
+                access_token: Secret::new(row.try_get::<String, _>("access_token").ok()?),
+                refresh_token: row
+                    .try_get::<Option<String>, _>("refresh_token")
+                    .ok()?
+                    .map(Secret::new),
+                expires_at: row.try_get("expires_at").ok()?,
+            })
+        })
+    }
+
+    fn save<'a>(&'a self, connection: &'a str, tokens: StoredTokens) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let r = sqlx::query("INSERT INTO tokens (connection, access_token, refresh_token, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT(connection) DO UPDATE SET access_token = excluded.access_token, refresh_token = excluded.refresh_token, expires_at = excluded.expires_at")
+                .bind(connection)
+                .bind(tokens.access_token.expose())
+                .bind(tokens.refresh_token.as_ref().map(|s| s.expose().to_string()))
+                .bind(tokens.expires_at)
+                .execute(&self.pool)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(connection, error = %e, "could not save refreshed tokens");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRun, RunFilter};
+    use serde_json::json;
+
+    fn event(id: &str, key: Option<&str>, ordering: Option<&str>) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            connection: "sp".into(),
+            operation: "sendpulse.subscriber.added".into(),
+            payload: json!({"email": id}),
+            dedupe_key: key.map(str::to_string),
+            runs: vec![NewRun {
+                id: format!("run-{id}"),
+                recipe: "r".into(),
+                recipe_version: "v1".into(),
+                ordering_key: ordering.map(str::to_string),
+            }],
+        }
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            connection: "sp".into(),
+            status: 202,
+            outcome: "accepted".into(),
+            events: 1,
+            received_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_skipped_and_runs_are_claimed_in_order() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let a = s
+            .ingest(
+                delivery(),
+                vec![
+                    event("a", Some("k1"), Some("task-1")),
+                    event("b", Some("k2"), Some("task-1")),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            Ingested {
+                events: 2,
+                duplicates: 0,
+                runs: 2
+            }
+        );
+        let b = s
+            .ingest(delivery(), vec![event("a2", Some("k1"), None)])
+            .await
+            .unwrap();
+        assert_eq!(b.duplicates, 1);
+        let first = s
+            .claim("w1", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.id, "run-a");
+        // Same ordering key: the second waits for the first.
+        assert!(s
+            .claim("w2", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none());
+        let report = RunReport {
+            run_id: "run-a".into(),
+            recipe: "r".into(),
+            status: RunStatus::Completed,
+            steps: vec![],
+            failed_step: None,
+            error: None,
+        };
+        s.finish(&report).await.unwrap();
+        assert_eq!(
+            s.claim("w2", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "run-b"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_its_checkpoints() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        s.ingest(delivery(), vec![event("a", None, None)])
+            .await
+            .unwrap();
+        let c = s
+            .claim("w1", Duration::from_millis(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let rec: StepRecord = serde_json::from_value(json!({"id": "s1", "action": "store.put", "status": "completed", "input": {}, "output": 1,
+            "error": null, "attempts": 1, "duration_ms": 1, "rescued_by": null, "fallback_of": null})).unwrap();
+        s.checkpoint(&c.id, std::slice::from_ref(&rec), Duration::from_millis(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = s
+            .claim("w2", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.id, c.id);
+        assert_eq!(again.done, vec![rec]);
+        assert_eq!(again.started_at, c.started_at);
+    }
+
+    #[tokio::test]
+    async fn failed_runs_are_dead_letters_until_replayed() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        s.ingest(delivery(), vec![event("a", None, None)])
+            .await
+            .unwrap();
+        let c = s
+            .claim("w", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let report = RunReport {
+            run_id: c.id.clone(),
+            recipe: "r".into(),
+            status: RunStatus::Failed,
+            steps: vec![],
+            failed_step: Some("contact".into()),
+            error: Some(crate::connectors::StepError::new(
+                crate::catalog::ErrorKind::BadRequest,
+                "nope",
+            )),
+        };
+        s.finish(&report).await.unwrap();
+        let dead = s
+            .runs(RunFilter {
+                status: Some(RunState::Failed),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].error.as_ref().unwrap()["message"], "nope");
+        let new_id = s.replay(&c.id, "v2").await.unwrap().unwrap();
+        let again = s
+            .claim("w", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.recipe_version.as_str()),
+            (new_id.as_str(), "v2")
+        );
+        assert_eq!(again.payload, json!({"email": "a"}));
+    }
+
+    #[tokio::test]
+    async fn links_and_tokens_persist() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        s.put("ns", "k", json!({"id": 1}), None).await.unwrap();
+        assert_eq!(s.get("ns", "k").await.unwrap(), Some(json!({"id": 1})));
+        assert!(s.delete("ns", "k").await.unwrap());
+        assert_eq!(s.get("ns", "k").await.unwrap(), None);
+        s.save(
+            "c",
+            StoredTokens {
+                access_token: Secret::new("a"),
+                refresh_token: Some(Secret::new("r")),
+                expires_at: Some(5),
+            },
+        )
+        .await;
+        assert_eq!(
+            s.load("c").await.unwrap().refresh_token.unwrap().expose(),
+            "r"
+        );
+    }
+}
