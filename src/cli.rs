@@ -80,6 +80,86 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: CatalogFormat,
     },
+    /// Run the engine: webhooks, polls, schedules and workers over the store.
+    Run {
+        /// Recipe folder.
+        #[arg(long, default_value = "recipes")]
+        recipes: PathBuf,
+        /// Connections file.
+        #[arg(long)]
+        connections: Option<PathBuf>,
+        /// Extra connector files.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Store URL.
+        #[arg(long, default_value = "sqlite://patchbay.db")]
+        store: String,
+        /// Address of the webhook and health endpoints.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// Runs executed at once.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Start the HighLevel and SendPulse emulators and use them.
+        #[arg(long)]
+        sandbox: bool,
+        /// Largest webhook body in bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        body_limit: usize,
+        /// Finished runs older than this are deleted (`7d`, `12h`).
+        #[arg(long, default_value = "7d")]
+        retention: String,
+        /// Time in-flight steps get to finish at shutdown.
+        #[arg(long, default_value = "10s")]
+        grace: String,
+    },
+    /// List runs in the store (`runs show ID` for one run with its steps).
+    Runs {
+        /// `show ID` to show one run.
+        #[arg(num_args = 0..=2)]
+        show: Vec<String>,
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Only this status (queued, running, completed, failed, filtered, replayed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Store URL.
+        #[arg(long, default_value = "sqlite://patchbay.db")]
+        store: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs that failed for good.
+    DeadLetters {
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Store URL.
+        #[arg(long, default_value = "sqlite://patchbay.db")]
+        store: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed runs again, on the recipe version now in the folder.
+    Replay {
+        /// A run id.
+        id: Option<String>,
+        /// Every failed run (of `--recipe` if given).
+        #[arg(long)]
+        all_failed: bool,
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Recipe folder (for the current versions).
+        #[arg(long, default_value = "recipes")]
+        recipes: PathBuf,
+        /// Store URL.
+        #[arg(long, default_value = "sqlite://patchbay.db")]
+        store: String,
+    },
     /// Print the recipe JSON Schema (or the connector-file schema).
     Schema {
         /// Print the connector-file schema instead.
@@ -135,6 +215,57 @@ pub fn main() -> i32 {
             dry_run,
             json: format == CatalogFormat::Json,
         }),
+        Command::Run {
+            recipes,
+            connections,
+            catalog,
+            store,
+            listen,
+            workers,
+            sandbox,
+            body_limit,
+            retention,
+            grace,
+        } => {
+            let (Ok(retention), Ok(grace)) = (
+                crate::duration::parse_duration(&retention),
+                crate::duration::parse_duration(&grace),
+            ) else {
+                eprintln!("error: --retention and --grace take durations such as `7d` or `10s`");
+                return EXIT_USAGE;
+            };
+            crate::run::run(crate::run::RunArgs {
+                recipes,
+                connections,
+                catalog,
+                store,
+                listen,
+                workers,
+                sandbox,
+                body_limit,
+                retention,
+                grace,
+            })
+        }
+        Command::Runs {
+            show,
+            recipe,
+            status,
+            store,
+            json,
+        } => crate::ops::runs(show, recipe, status, &store, json),
+        Command::DeadLetters {
+            recipe,
+            store,
+            json,
+        } => crate::ops::runs(Vec::new(), recipe, Some("failed".into()), &store, json),
+        Command::Replay {
+            id,
+            all_failed,
+            recipe,
+            recipes,
+            store,
+        } => crate::ops::replay(id, all_failed, recipe, &recipes, &store),
         Command::Schema { connector } => {
             let s = if connector {
                 crate::schema::connector_schema()

@@ -505,6 +505,11 @@ impl LineIndex {
         Pos::new(line as u32 + 1, (index - self.starts[line]) as u32 + 1)
     }
 
+    /// The whole source text.
+    pub fn text(&self) -> String {
+        self.chars.iter().collect()
+    }
+
     /// The text of a 1-based line, without its newline.
     pub fn line_text(&self, line: u32) -> String {
         let Some(&start) = self.starts.get(line.saturating_sub(1) as usize) else {

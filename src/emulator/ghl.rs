@@ -76,6 +76,8 @@ pub struct GhlConfig {
     pub allow_duplicates: bool,
     /// Burst rate limit, 429 beyond; `None` for none.
     pub rate_limit: Option<(usize, Duration)>,
+    /// Address to listen on; a free port on 127.0.0.1 when `None`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for GhlConfig {
@@ -90,6 +92,7 @@ impl Default for GhlConfig {
             token_ttl: Duration::from_secs(86399),
             allow_duplicates: false,
             rate_limit: Some((100, Duration::from_secs(10))),
+            listen: None,
         }
     }
 }
@@ -102,6 +105,7 @@ pub struct GhlEmulator {
 
 /// Starts a HighLevel emulator on 127.0.0.1.
 pub async fn start(config: GhlConfig) -> std::io::Result<GhlEmulator> {
+    let listen = config.listen;
     let mut st = St::default();
     let expiry = (!config.token.starts_with("pit-")).then(|| Instant::now() + config.token_ttl);
     st.access.insert(config.token.clone(), expiry);
@@ -113,7 +117,13 @@ pub async fn start(config: GhlConfig) -> std::io::Result<GhlEmulator> {
         config,
         state: Mutex::new(st),
     });
-    let emulator = Emulator::serve(router(shared.clone()), control, RateHeaders::HighLevel).await?;
+    let emulator = Emulator::serve(
+        router(shared.clone()),
+        control,
+        RateHeaders::HighLevel,
+        listen,
+    )
+    .await?;
     Ok(GhlEmulator { emulator, shared })
 }
 

@@ -154,8 +154,10 @@ impl Emulator {
         router: Router,
         control: Arc<Control>,
         rate_headers: RateHeaders,
+        listen: Option<SocketAddr>,
     ) -> std::io::Result<Emulator> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let bind = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let layered = router.layer(middleware::from_fn_with_state(
             (control.clone(), rate_headers),

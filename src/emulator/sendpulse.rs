@@ -69,6 +69,8 @@ pub struct SendPulseConfig {
     pub token_ttl: Duration,
     /// Hard rate limit, 429 `2020202020` beyond; `None` for none.
     pub rate_limit: Option<(usize, Duration)>,
+    /// Address to listen on; a free port on 127.0.0.1 when `None`.
+    pub listen: Option<std::net::SocketAddr>,
     /// Activated sender addresses (double opt-in `sender_email`).
     pub senders: Vec<String>,
 }
@@ -81,6 +83,7 @@ impl Default for SendPulseConfig {
             api_key: None,
             token_ttl: Duration::from_secs(3600),
             rate_limit: Some((10, Duration::from_secs(1))),
+            listen: None,
             senders: vec!["news@example.com".into()],
         }
     }
@@ -94,6 +97,7 @@ pub struct SendPulseEmulator {
 
 /// Starts a SendPulse emulator on 127.0.0.1.
 pub async fn start(config: SendPulseConfig) -> std::io::Result<SendPulseEmulator> {
+    let listen = config.listen;
     let control = Arc::new(Control::default());
     control.set_rate_limit(config.rate_limit);
     let st = St {
@@ -107,7 +111,8 @@ pub async fn start(config: SendPulseConfig) -> std::io::Result<SendPulseEmulator
         config,
         state: Mutex::new(st),
     });
-    let emulator = Emulator::serve(router(shared.clone()), control, RateHeaders::None).await?;
+    let emulator =
+        Emulator::serve(router(shared.clone()), control, RateHeaders::None, listen).await?;
     Ok(SendPulseEmulator { emulator, shared })
 }
 

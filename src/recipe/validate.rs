@@ -22,6 +22,8 @@ pub struct ValidRecipe {
     pub name: String,
     /// Source file.
     pub file: String,
+    /// Content hash of the file: the version a run records.
+    pub version: String,
     /// Description.
     pub description: String,
     /// `vars` as a JSON object.
@@ -305,6 +307,7 @@ impl Validator<'_> {
         Some(ValidRecipe {
             name: r.recipe.value.clone(),
             file: self.file.to_string(),
+            version: version_of(&self.index.text()),
             description: r
                 .description
                 .as_ref()
@@ -1331,4 +1334,12 @@ fn parse_utc_offset(s: &str) -> Option<i32> {
     let h: i32 = digits[..2].parse().ok()?;
     let m: i32 = digits[2..].parse().ok()?;
     (h <= 14 && m < 60).then_some(sign * (h * 3600 + m * 60))
+}
+
+/// The version of a recipe: the first 12 hex digits of the SHA-256 of its
+/// file, stable across processes and machines.
+pub fn version_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

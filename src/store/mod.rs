@@ -188,6 +188,9 @@ pub struct RunFilter {
     pub limit: u32,
 }
 
+/// A run with every step record.
+pub type RunDetail = (RunSummary, Vec<StepRecord>);
+
 /// What the engine needs from a store.
 pub trait Store: LinkStore + TokenStore + Send + Sync {
     /// Stores events and their runs atomically (one transaction per batch
@@ -218,10 +221,7 @@ pub trait Store: LinkStore + TokenStore + Send + Sync {
     /// Lists runs.
     fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>>;
     /// One run with every step record.
-    fn run<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFut<'a, Result<Option<(RunSummary, Vec<StepRecord>)>, StoreError>>;
+    fn run<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<Option<RunDetail>, StoreError>>;
     /// Queues a failed run again (as a new run of the same event); its id.
     fn replay<'a>(
         &'a self,

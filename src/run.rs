@@ -1,0 +1,367 @@
+//! `patchbay run`: the long-running engine — webhook server, workers,
+//! polls and schedules over the durable store — and `--sandbox`, which
+//! starts the API emulators in-process so a first run needs no account.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::cli::{load_catalog, print_diags, EXIT_OK, EXIT_USAGE};
+use crate::connections::{Connections, FieldValue, ResolvedConnection};
+use crate::connectors::Runtime;
+use crate::diagnostic::Format;
+use crate::emulator::{ghl, sendpulse};
+use crate::recipe::load::load_paths;
+use crate::secret::Secret;
+use crate::service::{RecipeSet, Service};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Arguments of `run`.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// Recipe folder.
+    pub recipes: PathBuf,
+    /// Connections file.
+    pub connections: Option<PathBuf>,
+    /// Extra connector files.
+    pub catalog: Option<PathBuf>,
+    /// Store URL.
+    pub store: String,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Worker count.
+    pub workers: usize,
+    /// Start the emulators and point connections at them.
+    pub sandbox: bool,
+    /// Largest webhook body.
+    pub body_limit: usize,
+    /// Finished runs older than this are pruned.
+    pub retention: Duration,
+    /// How long in-flight steps may take to finish at shutdown.
+    pub grace: Duration,
+}
+
+/// Sandbox addresses and credentials (fixed, so the README's curl lines work).
+pub mod sandbox {
+    /// HighLevel emulator address.
+    pub const GHL_ADDR: &str = "127.0.0.1:8788";
+    /// SendPulse emulator address.
+    pub const SENDPULSE_ADDR: &str = "127.0.0.1:8789";
+    /// The HighLevel token (a Private Integration Token: it never expires).
+    pub const GHL_TOKEN: &str = "pit-sandbox-token";
+    /// The HighLevel location.
+    pub const LOCATION: &str = "sandboxLocation000001";
+    /// The SendPulse webhook token.
+    pub const WEBHOOK_TOKEN: &str = "sandbox-webhook-token";
+    /// SendPulse client id.
+    pub const SP_CLIENT_ID: &str = "sandbox-client-id";
+    /// SendPulse client secret.
+    pub const SP_CLIENT_SECRET: &str = "sandbox-client-secret";
+}
+
+/// Runs the engine until SIGINT/SIGTERM; the exit code.
+pub fn run(args: RunArgs) -> i32 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run_async(args))
+}
+
+fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> ResolvedConnection {
+    ResolvedConnection {
+        name: name.into(),
+        connector: connector.into(),
+        fields: fields
+            .iter()
+            .map(|(k, v, secret)| {
+                let v = if *secret {
+                    FieldValue::Secret(Secret::new(v.as_str()))
+                } else {
+                    FieldValue::Plain(v.clone())
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
+        rate_limits: None,
+        concurrency: None,
+    }
+}
+
+/// Starts the emulators and returns them with connections pointing at them.
+async fn start_sandbox() -> std::io::Result<(
+    ghl::GhlEmulator,
+    sendpulse::SendPulseEmulator,
+    Vec<ResolvedConnection>,
+)> {
+    let g = ghl::start(ghl::GhlConfig {
+        token: sandbox::GHL_TOKEN.into(),
+        location_id: sandbox::LOCATION.into(),
+        listen: Some(sandbox::GHL_ADDR.parse().expect("valid address")),
+        ..Default::default()
+    })
+    .await?;
+    let s = sendpulse::start(sendpulse::SendPulseConfig {
+        client_id: sandbox::SP_CLIENT_ID.into(),
+        client_secret: sandbox::SP_CLIENT_SECRET.into(),
+        listen: Some(sandbox::SENDPULSE_ADDR.parse().expect("valid address")),
+        ..Default::default()
+    })
+    .await?;
+    let conns = vec![
+        conn(
+            "ghl-main",
+            "ghl",
+            &[
+                ("base_url", g.base_url(), false),
+                ("token", sandbox::GHL_TOKEN.into(), true),
+                ("location_id", sandbox::LOCATION.into(), false),
+            ],
+        ),
+        conn(
+            "sendpulse-main",
+            "sendpulse",
+            &[
+                ("base_url", s.base_url(), false),
+                ("client_id", sandbox::SP_CLIENT_ID.into(), false),
+                ("client_secret", sandbox::SP_CLIENT_SECRET.into(), true),
+                ("webhook_token", sandbox::WEBHOOK_TOKEN.into(), true),
+            ],
+        ),
+    ];
+    Ok((g, s, conns))
+}
+
+async fn run_async(args: RunArgs) -> i32 {
+    let (catalog, diags) = match load_catalog(args.catalog.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if !diags.is_empty() {
+        print_diags(&diags, Format::Human);
+        return EXIT_USAGE;
+    }
+    // Keeps the sandbox emulators alive as long as the engine.
+    let mut _emulators = None;
+    let (resolved, decls) = if args.sandbox {
+        if args.connections.is_some() {
+            eprintln!("error: --sandbox makes its own connections; leave out --connections");
+            return EXIT_USAGE;
+        }
+        match start_sandbox().await {
+            Ok((g, s, conns)) => {
+                _emulators = Some((g, s));
+                let mut decls = Connections::default();
+                for c in &conns {
+                    decls.by_name.insert(
+                        c.name.clone(),
+                        crate::connections::ConnectionDecl {
+                            name: c.name.clone(),
+                            connector: c.connector.clone(),
+                            fields: Default::default(),
+                            rate_limits: None,
+                            concurrency: None,
+                            pos: Default::default(),
+                        },
+                    );
+                }
+                (conns, Some(decls))
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot start the sandbox emulators on {} and {}: {e}",
+                    sandbox::GHL_ADDR,
+                    sandbox::SENDPULSE_ADDR
+                );
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        match &args.connections {
+            None => (Vec::new(), None),
+            Some(path) => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!(
+                            "error: cannot read connections file {}: {e}",
+                            path.display()
+                        );
+                        return EXIT_USAGE;
+                    }
+                };
+                let decls = match Connections::parse(&path.display().to_string(), &text, &catalog) {
+                    Ok(c) => c,
+                    Err(d) => {
+                        print_diags(&d, Format::Human);
+                        return EXIT_USAGE;
+                    }
+                };
+                let mut out = Vec::new();
+                for c in decls.by_name.values() {
+                    match c.resolve(&catalog) {
+                        Ok(r) => out.push(r),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return EXIT_USAGE;
+                        }
+                    }
+                }
+                (out, Some(decls))
+            }
+        }
+    };
+    let loaded = match load_paths(
+        std::slice::from_ref(&args.recipes),
+        &catalog,
+        decls.as_ref(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if !loaded.diagnostics.is_empty() {
+        print_diags(&loaded.diagnostics, Format::Human);
+    }
+    if loaded.errors() > 0 {
+        tracing::warn!(
+            rejected = loaded.files.len() - loaded.recipes.len(),
+            "recipes with errors are not loaded"
+        );
+    }
+    let store: Arc<dyn Store> = match SqliteStore::open(&args.store).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: cannot open the store {}: {e}", args.store);
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = Runtime::new(
+        catalog.clone(),
+        resolved.clone(),
+        store.clone(),
+        store.clone(),
+    );
+    let recipe_names: Vec<String> = loaded.recipes.iter().map(|r| r.name.clone()).collect();
+    let svc = Arc::new(Service {
+        store: store.clone(),
+        runtime: Arc::new(runtime),
+        catalog,
+        connections: resolved
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect::<HashMap<_, _>>(),
+        recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
+        work: Notify::new(),
+        body_limit: args.body_limit,
+    });
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return EXIT_USAGE;
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = svc.spawn_workers(args.workers.max(1), stop_rx.clone());
+    let schedules = svc.spawn_schedules(stop_rx.clone());
+    let pruner = {
+        let (store, retention, mut stop) = (store.clone(), args.retention, stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                match store.prune(retention).await {
+                    Ok(n) if n > 0 => tracing::info!(runs = n, "pruned finished runs"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    println!("patchbay listening on http://{}", args.listen);
+    println!(
+        "recipes: {}",
+        if recipe_names.is_empty() {
+            "(none)".to_string()
+        } else {
+            recipe_names.join(", ")
+        }
+    );
+    println!("store: {}", args.store);
+    if args.sandbox {
+        print_sandbox_help(args.listen);
+    }
+    let app = crate::server::router(svc.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    if let Err(e) = server.await {
+        eprintln!("error: server failed: {e}");
+    }
+    // Stop taking new runs; let in-flight steps finish within the grace
+    // period. Whatever is cut off keeps its lease and checkpoints and is
+    // resumed by the next start.
+    println!(
+        "shutting down: letting in-flight runs finish (up to {}s)",
+        args.grace.as_secs()
+    );
+    let _ = stop_tx.send(true);
+    pruner.abort();
+    for s in schedules {
+        s.abort();
+    }
+    let all = futures_util::future::join_all(workers);
+    if tokio::time::timeout(args.grace, all).await.is_err() {
+        println!("grace period over: unfinished runs resume at the next start");
+    }
+    EXIT_OK
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn print_sandbox_help(listen: SocketAddr) {
+    println!(
+        "\nsandbox: HighLevel emulator on http://{}, SendPulse emulator on http://{}\n\
+         \nPost a SendPulse delivery (a new subscriber):\n\
+         \n  curl -s -X POST 'http://{listen}/hooks/sendpulse-main?token={}' -H 'Content-Type: application/json' \\\n    -d '[{{\"event\":\"new_emails\",\"book_id\":\"490686\",\"email\":\"ada@example.com\",\"timestamp\":\"1732700000\",\"variables\":{{\"name\":\"Ada Lovelace\",\"phone\":\"+44 20 7946 0958\"}}}}]'\n\
+         \nThen list the contacts the recipe created in the emulated HighLevel:\n\
+         \n  curl -s 'http://{}/contacts/?locationId={}' -H 'Authorization: Bearer {}' -H 'Version: 2021-07-28'\n",
+        sandbox::GHL_ADDR,
+        sandbox::SENDPULSE_ADDR,
+        sandbox::WEBHOOK_TOKEN,
+        sandbox::GHL_ADDR,
+        sandbox::LOCATION,
+        sandbox::GHL_TOKEN,
+    );
+}

@@ -1,0 +1,191 @@
+//! The HTTP surface of `patchbay run`: webhook ingress per connection,
+//! `/healthz` and `/readyz`. A delivery is answered 2xx only after its
+//! events are committed to the store; every rejected one is recorded.
+
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::catalog::{OpKind, Split};
+use crate::service::Service;
+use crate::store::Delivery;
+
+/// The router of the engine.
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/hooks/{connection}", post(hook))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(svc)
+}
+
+async fn ready(State(svc): State<Arc<Service>>) -> Response {
+    let store = svc.store.ping().await;
+    let recipes = svc.recipes().all().count();
+    let status = if store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"store": store, "recipes": recipes}))).into_response()
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Records a rejected delivery and answers it.
+async fn reject(svc: &Service, connection: &str, status: StatusCode, message: String) -> Response {
+    let d = Delivery {
+        connection: connection.to_string(),
+        status: status.as_u16(),
+        outcome: message.clone(),
+        events: 0,
+        received_at: chrono::Utc::now(),
+    };
+    if let Err(e) = svc.store.reject(d).await {
+        tracing::error!(error = %e, "could not record a rejected delivery");
+    }
+    tracing::info!(connection, status = status.as_u16(), reason = %message, "delivery rejected");
+    answer(status, json!({"error": message}))
+}
+
+async fn hook(
+    State(svc): State<Arc<Service>>,
+    Path(connection): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let Some(conn) = svc.connections.get(&connection) else {
+        return reject(
+            &svc,
+            &connection,
+            StatusCode::NOT_FOUND,
+            format!("no connection `{connection}`"),
+        )
+        .await;
+    };
+    let Some(def) = svc.catalog.connector(&conn.connector) else {
+        return reject(
+            &svc,
+            &connection,
+            StatusCode::NOT_FOUND,
+            format!("connection `{connection}` has an unknown connector"),
+        )
+        .await;
+    };
+    let Some(hook) = def.webhook.clone() else {
+        let msg = format!(
+            "connection `{connection}` ({}) receives no webhooks",
+            def.connector
+        );
+        return reject(&svc, &connection, StatusCode::NOT_FOUND, msg).await;
+    };
+    let body: Bytes = match axum::body::to_bytes(body, svc.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let msg = format!("body larger than the {} byte limit", svc.body_limit);
+            return reject(&svc, &connection, StatusCode::PAYLOAD_TOO_LARGE, msg).await;
+        }
+    };
+    if let Err(e) = verify::verify(
+        &hook.verify,
+        conn,
+        &headers,
+        query.get("token").map(String::as_str),
+        &body,
+    ) {
+        return reject(&svc, &connection, StatusCode::UNAUTHORIZED, e.to_string()).await;
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("malformed JSON: {e}");
+            return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
+        }
+    };
+    if hook.split == Split::Array && !parsed.is_array() {
+        let msg = format!("{} deliveries are a JSON array of events", def.title);
+        return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
+    }
+    let payloads = crate::engine::event::split(parsed, hook.split == Split::Array);
+    let recipes = svc.recipes();
+    let mut events = Vec::new();
+    let mut unmatched = 0u32;
+    let total = payloads.len() as u32;
+    for payload in payloads {
+        let ty = hook
+            .type_field
+            .as_ref()
+            .and_then(|f| payload.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let op = svc.catalog.operations().find(|o| {
+            o.connector().connector == def.connector
+                && o.def().kind == OpKind::Webhook
+                && match (&ty, &o.def().event_type) {
+                    (Some(t), Some(e)) => t == e,
+                    (_, None) => hook.type_field.is_none(),
+                    (None, Some(_)) => false,
+                }
+        });
+        let Some(op) = op else {
+            unmatched += 1;
+            continue;
+        };
+        let matching = recipes.for_webhook(&op.id(), &connection);
+        let ev = svc.event_for(&op, &connection, payload, &matching);
+        if ev.runs.is_empty() {
+            unmatched += 1;
+            continue;
+        }
+        events.push(ev);
+    }
+    let outcome = if events.is_empty() {
+        "unmatched"
+    } else {
+        "accepted"
+    };
+    let status = if events.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let delivery = Delivery {
+        connection: connection.clone(),
+        status: status.as_u16(),
+        outcome: outcome.to_string(),
+        events: total,
+        received_at: chrono::Utc::now(),
+    };
+    match svc.store.ingest(delivery, events).await {
+        Ok(n) => {
+            if n.runs > 0 {
+                svc.work.notify_waiters();
+            }
+            answer(
+                status,
+                json!({"events": total, "accepted": n.events, "duplicates": n.duplicates, "unmatched": unmatched, "runs": n.runs}),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store a delivery");
+            // Not acknowledged: the sender retries.
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the store is unavailable; retry"}),
+            )
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The running engine: the active recipe set, turning trigger firings into
+//! stored events and runs, the worker pool that claims and executes runs
+//! with checkpoints, and the poll and schedule loops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+
+use crate::catalog::{Catalog, OpRef};
+use crate::connections::ResolvedConnection;
+use crate::connectors::auth::BoxFut;
+use crate::connectors::Runtime;
+use crate::engine::{self, event, CheckpointSink, RunReport, RunRequest, RunStatus, StepRecord};
+use crate::recipe::validate::{TriggerKind, ValidRecipe};
+use crate::store::{NewEvent, NewRun, Store};
+use crate::template::{self, Template};
+
+/// How long a claim lasts without a checkpoint or heartbeat.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// How often a running run renews its lease.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// How often idle workers look for work they were not told about.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// The recipes currently taking events, by name.
+#[derive(Debug, Default)]
+pub struct RecipeSet {
+    by_name: HashMap<String, Arc<ValidRecipe>>,
+}
+
+impl RecipeSet {
+    /// A set from valid recipes.
+    pub fn new(recipes: Vec<ValidRecipe>) -> RecipeSet {
+        RecipeSet {
+            by_name: recipes
+                .into_iter()
+                .map(|r| (r.name.clone(), Arc::new(r)))
+                .collect(),
+        }
+    }
+
+    /// A recipe by name.
+    pub fn get(&self, name: &str) -> Option<Arc<ValidRecipe>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Every recipe.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ValidRecipe>> {
+        self.by_name.values()
+    }
+
+    /// The recipes a webhook event of `op` on `connection` starts.
+    pub fn for_webhook(&self, op: &str, connection: &str) -> Vec<Arc<ValidRecipe>> {
+        let mut v: Vec<_> = self
+            .by_name
+            .values()
+            .filter(|r| match &r.trigger.kind {
+                TriggerKind::Webhook(o) => {
+                    o.id() == op
+                        && r.trigger
+                            .connection
+                            .as_deref()
+                            .is_none_or(|c| c == connection)
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+/// Everything the server, workers and schedulers share.
+pub struct Service {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Connector runtime.
+    pub runtime: Arc<Runtime>,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Connections by name.
+    pub connections: HashMap<String, ResolvedConnection>,
+    /// The active recipes.
+    pub recipes: RwLock<Arc<RecipeSet>>,
+    /// Wakes idle workers when runs are queued.
+    pub work: Notify,
+    /// Largest accepted webhook body.
+    pub body_limit: usize,
+}
+
+/// A new random id.
+pub fn new_id() -> String {
+    format!(
+        "{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+impl Service {
+    /// The active recipe set.
+    pub fn recipes(&self) -> Arc<RecipeSet> {
+        self.recipes.read().expect("recipes lock").clone()
+    }
+
+    /// Builds the stored event for one trigger firing: coerced payload,
+    /// dedupe and ordering keys, one run per recipe whose `trigger.if` holds.
+    pub fn event_for(
+        &self,
+        op: &OpRef,
+        connection: &str,
+        payload: Value,
+        recipes: &[Arc<ValidRecipe>],
+    ) -> NewEvent {
+        let payload = event::coerce(op, payload);
+        let ctx = template::to_value(&serde_json::json!({ "event": payload }));
+        let key = |t: &Option<String>| -> Option<String> {
+            let t = t.as_ref()?;
+            let rendered = Template::compile(t).ok()?.render(&ctx).ok()?;
+            let s = match rendered {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (!s.is_empty()).then_some(s)
+        };
+        let dedupe_key = key(&op.def().dedupe_key).map(|k| format!("{connection}:{}:{k}", op.id()));
+        let ordering_key = key(&op.def().ordering_key).map(|k| format!("{connection}:{k}"));
+        let mut runs = Vec::new();
+        for r in recipes {
+            let ok = match &r.trigger.condition {
+                None => true,
+                Some(c) => {
+                    let ctx = template::to_value(
+                        &serde_json::json!({ "event": payload, "vars": r.vars }),
+                    );
+                    c.eval(&ctx).unwrap_or(false)
+                }
+            };
+            if ok {
+                runs.push(NewRun {
+                    id: new_id(),
+                    recipe: r.name.clone(),
+                    recipe_version: r.version.clone(),
+                    ordering_key: ordering_key.clone(),
+                });
+            }
+        }
+        NewEvent {
+            id: new_id(),
+            connection: connection.to_string(),
+            operation: op.id(),
+            payload,
+            dedupe_key,
+            runs,
+        }
+    }
+
+    /// Starts `n` workers; they stop taking runs when `stop` turns true.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        n: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..n)
+            .map(|i| {
+                let svc = self.clone();
+                let stop = stop.clone();
+                let name = format!("worker-{}-{i}", std::process::id());
+                tokio::spawn(async move { svc.worker(name, stop).await })
+            })
+            .collect()
+    }
+
+    async fn worker(self: Arc<Self>, name: String, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.store.claim(&name, LEASE).await {
+                Ok(Some(run)) => self.execute(run).await,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.work.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(worker = %name, error = %e, "claim failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, run: crate::store::ClaimedRun) {
+        let Some(recipe) = self.recipes().get(&run.recipe) else {
+            let report = RunReport {
+                run_id: run.id.clone(),
+                recipe: run.recipe.clone(),
+                status: RunStatus::Failed,
+                steps: run.done.clone(),
+                failed_step: None,
+                error: Some(crate::connectors::StepError::new(
+                    crate::catalog::ErrorKind::InvalidInput,
+                    format!("recipe `{}` is no longer loaded", run.recipe),
+                )),
+            };
+            let _ = self.store.finish(&report).await;
+            return;
+        };
+        let sink = StoreSink {
+            store: self.store.clone(),
+        };
+        // Keep the lease while long steps (retries, slow APIs) run.
+        let heartbeat = {
+            let store = self.store.clone();
+            let id = run.id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    if store.checkpoint(&id, &[], LEASE).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let report = engine::run(
+            RunRequest {
+                recipe: &recipe,
+                event: &run.payload,
+                run_id: &run.id,
+                started_at: run.started_at,
+                resume: &run.done,
+            },
+            &self.runtime,
+            &sink,
+        )
+        .await;
+        heartbeat.abort();
+        if let Err(e) = self.store.finish(&report).await {
+            tracing::error!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
+        }
+        match report.status {
+            RunStatus::Failed => {
+                tracing::warn!(run = %run.id, recipe = %run.recipe, step = ?report.failed_step, error = ?report.error.as_ref().map(|e| &e.message), "run failed")
+            }
+            _ => {
+                tracing::debug!(run = %run.id, recipe = %run.recipe, status = ?report.status, "run finished")
+            }
+        }
+    }
+
+    /// Starts one loop per poll and schedule trigger.
+    pub fn spawn_schedules(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for r in self.recipes().all() {
+            if matches!(r.trigger.kind, TriggerKind::Webhook(_)) {
+                continue;
+            }
+            let (svc, r, stop) = (self.clone(), r.clone(), stop.clone());
+            tasks.push(tokio::spawn(
+                async move { svc.schedule_loop(r, stop).await },
+            ));
+        }
+        tasks
+    }
+
+    async fn schedule_loop(
+        self: Arc<Self>,
+        recipe: Arc<ValidRecipe>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let cursor_name = format!("schedule:{}", recipe.name);
+        loop {
+            let last = match self.store.cursor(&cursor_name).await {
+                Ok(c) => c
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .and_then(DateTime::<Utc>::from_timestamp_millis),
+                Err(e) => {
+                    tracing::error!(recipe = %recipe.name, error = %e, "cannot read the schedule cursor");
+                    None
+                }
+            };
+            let due = next_due(&recipe, last, Utc::now());
+            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let now = Utc::now();
+            let tick = now.timestamp_millis().to_string();
+            let fired = match &recipe.trigger.kind {
+                TriggerKind::Poll { op, .. } => {
+                    let r = self.poll_once(&recipe, op).await.map(|_| ());
+                    // The tick is recorded even when the poll failed, so a
+                    // failing API is retried at the interval, not in a loop.
+                    let _ = self
+                        .store
+                        .ingest_with_cursor(&cursor_name, &tick, Vec::new())
+                        .await;
+                    r
+                }
+                _ => self.fire_schedule(&recipe, &cursor_name, now).await,
+            };
+            if let Err(e) = fired {
+                tracing::warn!(recipe = %recipe.name, error = %e, "trigger firing failed; retrying at the next tick");
+            }
+            self.work.notify_waiters();
+        }
+    }
+
+    /// Enqueues a schedule's event and moves its cursor atomically.
+    async fn fire_schedule(
+        &self,
+        recipe: &Arc<ValidRecipe>,
+        cursor_name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let ev = NewEvent {
+            id: new_id(),
+            connection: String::new(),
+            operation: "schedule".into(),
+            payload: event::schedule_event(at),
+            dedupe_key: Some(format!(
+                "schedule:{}:{}",
+                recipe.name,
+                at.timestamp_millis()
+            )),
+            runs: vec![NewRun {
+                id: new_id(),
+                recipe: recipe.name.clone(),
+                recipe_version: recipe.version.clone(),
+                ordering_key: None,
+            }],
+        };
+        self.store
+            .ingest_with_cursor(cursor_name, &at.timestamp_millis().to_string(), vec![ev])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// One poll: records newer than the cursor become events; the cursor
+    /// moves in the same transaction, so a record is enqueued once.
+    pub async fn poll_once(&self, recipe: &Arc<ValidRecipe>, op: &OpRef) -> Result<usize, String> {
+        let poll = op.def().poll.clone().ok_or("poll trigger without `poll`")?;
+        let cursor_name = format!("poll:{}", recipe.name);
+        let cursor = self
+            .store
+            .cursor(&cursor_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let list = self
+            .catalog
+            .op(&format!("{}.{}", op.connector().connector, poll.operation))
+            .ok_or("poll list operation missing")?;
+        let mut input: serde_json::Map<String, Value> = poll.inputs.clone().into_iter().collect();
+        if let Some(w) = &recipe.trigger.with {
+            let ctx = template::to_value(&serde_json::json!({ "vars": recipe.vars }));
+            if let Value::Object(m) = engine::render(w, &ctx).map_err(|e| e.0)? {
+                input.extend(m);
+            }
+        }
+        if let Some(c) = &cursor {
+            input.insert(
+                poll.cursor_input.clone(),
+                Value::String(format_cursor(c, poll.cursor_format.as_deref())),
+            );
+        }
+        let out = self
+            .runtime
+            .call(&list, recipe.trigger.connection.as_deref(), &input, None)
+            .await
+            .map_err(|f| format!("{}: {}", f.error.kind.as_str(), f.error.message))?;
+        let records = match out.output {
+            Value::Array(items) => items,
+            other => match crate::jsonpath::compile(&poll.records)
+                .ok()
+                .and_then(|p| p.first(&other))
+            {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+        };
+        let connection = recipe.trigger.connection.clone().unwrap_or_default();
+        let mut newest = cursor.clone();
+        let mut events = Vec::new();
+        let only = [recipe.clone()];
+        for rec in records {
+            let stamp = rec.get(&poll.cursor_field).map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            });
+            let Some(stamp) = stamp else { continue };
+            // The API filters at its own granularity: drop what was seen.
+            if cursor
+                .as_ref()
+                .is_some_and(|c| stamp.as_str() <= c.as_str())
+            {
+                continue;
+            }
+            if newest.as_ref().is_none_or(|n| stamp > *n) {
+                newest = Some(stamp.clone());
+            }
+            let id = rec
+                .get(&poll.id_field)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let mut ev = self.event_for(op, &connection, rec, &only);
+            ev.dedupe_key = Some(format!("poll:{}:{id}:{stamp}", recipe.name));
+            events.push(ev);
+        }
+        let n = events.len();
+        if let Some(newest) = newest {
+            self.store
+                .ingest_with_cursor(&cursor_name, &newest, events)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(n)
+    }
+}
+
+/// The cursor as the list call wants it (`%Y-%m-%d %H:%M` for SendPulse).
+fn format_cursor(cursor: &str, format: Option<&str>) -> String {
+    let Some(f) = format else {
+        return cursor.to_string();
+    };
+    match crate::template::parse_time(&minijinja::Value::from(cursor)) {
+        Some(t) => t.format(f).to_string(),
+        None => cursor.to_string(),
+    }
+}
+
+/// When a schedule or poll fires next. Missed ticks during downtime are
+/// not replayed one by one: an overdue trigger fires once, now
+/// (docs/operations.md).
+pub fn next_due(
+    recipe: &ValidRecipe,
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let Some(last) = last else { return now };
+    match &recipe.trigger.kind {
+        TriggerKind::Every(d) | TriggerKind::Poll { every: d, .. } => {
+            last + chrono::Duration::from_std(*d).unwrap_or_default()
+        }
+        TriggerKind::Cron {
+            cron, utc_offset, ..
+        } => {
+            let tz = chrono::FixedOffset::east_opt(*utc_offset)
+                .unwrap_or(chrono::FixedOffset::east_opt(0).expect("zero offset"));
+            cron.find_next_occurrence(&last.with_timezone(&tz), false)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now + chrono::Duration::days(365))
+        }
+        TriggerKind::Webhook(_) => now + chrono::Duration::days(365),
+    }
+}
+
+/// Checkpoints into the store.
+struct StoreSink {
+    store: Arc<dyn Store>,
+}
+
+impl CheckpointSink for StoreSink {
+    fn checkpoint<'a>(
+        &'a self,
+        run_id: &'a str,
+        records: &'a [StepRecord],
+    ) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.store
+                .checkpoint(run_id, records, LEASE)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
