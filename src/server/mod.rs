@@ -184,7 +184,7 @@ async fn hook(
             // Not acknowledged: the sender retries.
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "the store is unavailable; retry"}),
+                json!({"error": format!("the store is unavailable; retry ({e})")}),
             )
         }
     }

@@ -130,7 +130,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         .await?
         .try_get("v")?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(stmt).execute(&mut *tx).await?;
         }
@@ -175,7 +175,7 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<IngestJob>) {
 }
 
 async fn write_batch(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<Ingested>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM runs")
         .fetch_one(&mut *tx)
         .await?
@@ -382,7 +382,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let next: i64 =
                 sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM steps WHERE run_id = ?")
                     .bind(run_id)
@@ -478,7 +478,7 @@ impl Store for SqliteStore {
         recipe_version: &'a str,
     ) -> BoxFut<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let row = sqlx::query("SELECT event_id, recipe, ordering_key FROM runs WHERE id = ? AND status = 'failed'")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -538,7 +538,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let now = now_ms();
             let cutoff = now - age.as_millis() as i64;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(concat!(
                 "DELETE FROM steps WHERE run_id IN (SELECT id FROM runs WHERE ",
                 finished_before!(),

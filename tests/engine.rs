@@ -1,0 +1,498 @@
+//! The durable engine in-process: webhook ingress and its bad-input
+//! answers, dedupe, ordering under many workers, polls across a restart,
+//! schedules, and dead letters with replay.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use patchbay::catalog::Catalog;
+use patchbay::connections::{FieldValue, ResolvedConnection};
+use patchbay::connectors::Runtime;
+use patchbay::emulator::{ghl, sendpulse};
+use patchbay::recipe::load::load_texts;
+use patchbay::secret::Secret;
+use patchbay::service::{RecipeSet, Service};
+use patchbay::store::sqlite::SqliteStore;
+use patchbay::store::{RunFilter, RunState, Store};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+const TOKEN: &str = "SECRET-webhook-token-31337";
+
+struct Engine {
+    svc: Arc<Service>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until no run is queued or running.
+    async fn settle(&self) {
+        for _ in 0..400 {
+            let busy = self
+                .svc
+                .store
+                .runs(RunFilter {
+                    limit: 100_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| matches!(r.status, RunState::Queued | RunState::Running));
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("runs did not finish");
+    }
+
+    async fn runs(&self, status: RunState) -> Vec<patchbay::store::RunSummary> {
+        self.svc
+            .store
+            .runs(RunFilter {
+                status: Some(status),
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+}
+
+fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> ResolvedConnection {
+    ResolvedConnection {
+        name: name.into(),
+        connector: connector.into(),
+        fields: fields
+            .iter()
+            .map(|(k, v, s)| {
+                (
+                    k.to_string(),
+                    if *s {
+                        FieldValue::Secret(Secret::new(v.as_str()))
+                    } else {
+                        FieldValue::Plain(v.clone())
+                    },
+                )
+            })
+            .collect(),
+        rate_limits: None,
+        concurrency: None,
+    }
+}
+
+fn conns(g: &ghl::GhlEmulator, s: &sendpulse::SendPulseEmulator) -> Vec<ResolvedConnection> {
+    vec![
+        conn(
+            "ghl-main",
+            "ghl",
+            &[
+                ("base_url", g.base_url(), false),
+                ("token", g.config().token.clone(), true),
+                ("location_id", g.config().location_id.clone(), false),
+            ],
+        ),
+        conn(
+            "sendpulse-main",
+            "sendpulse",
+            &[
+                ("base_url", s.base_url(), false),
+                ("client_id", s.config().client_id.clone(), false),
+                ("client_secret", s.config().client_secret.clone(), true),
+                ("webhook_token", TOKEN.to_string(), true),
+            ],
+        ),
+    ]
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-engine-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("store.db")
+}
+
+async fn start(
+    recipes: &[&str],
+    conns: Vec<ResolvedConnection>,
+    db: &PathBuf,
+    workers: usize,
+) -> Engine {
+    let catalog = Catalog::builtin();
+    let texts: Vec<(String, String)> = recipes
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("r{i}.yaml"), t.to_string()))
+        .collect();
+    let loaded = load_texts(&texts, &catalog, None);
+    assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap(),
+    );
+    let runtime = Runtime::new(catalog.clone(), conns.clone(), store.clone(), store.clone());
+    let svc = Arc::new(Service {
+        store,
+        runtime: Arc::new(runtime),
+        catalog,
+        connections: conns.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
+        work: Notify::new(),
+        body_limit: 64 * 1024,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = svc.spawn_workers(workers, rx.clone());
+    tasks.extend(svc.spawn_schedules(rx));
+    let app = patchbay::server::router(svc.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }));
+    Engine {
+        svc,
+        addr,
+        stop,
+        tasks,
+    }
+}
+
+const SUBSCRIBER: &str = r#"
+recipe: subscriber
+trigger: { on: sendpulse.subscriber.added, if: "event.book_id == 490686" }
+steps:
+  - id: contact
+    action: ghl.contacts.upsert
+    with: { email: "{{ event.email }}", source: "book {{ event.book_id }} seq {{ event.variables.seq | default(0) }}" }
+"#;
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+async fn post(e: &Engine, path: &str, body: &str) -> (u16, Value) {
+    let r = client()
+        .post(e.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn delivery(emails: &[&str]) -> String {
+    let items: Vec<Value> = emails
+        .iter()
+        .map(|e| json!({"event": "new_emails", "book_id": "490686", "email": e, "timestamp": "1732700000", "variables": {}}))
+        .collect();
+    serde_json::to_string(&items).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deliveries_get_clear_answers_are_recorded_and_lose_nothing() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let e = start(&[SUBSCRIBER], conns(&g, &s), &temp_db("bad"), 2).await;
+    let hook = format!("/hooks/sendpulse-main?token={TOKEN}");
+
+    // Accepted first: it must survive everything below.
+    let (st, body) = post(&e, &hook, &delivery(&["kept@example.com"])).await;
+    assert_eq!((st, body["runs"].as_u64()), (200, Some(1)), "{body}");
+
+    let (st, body) = post(&e, &hook, "[{\"event\": \"new_emails\",").await;
+    assert_eq!(st, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON: EOF while parsing"),
+        "{body}"
+    );
+
+    let (st, body) = post(&e, &hook, "{\"event\": \"new_emails\"}").await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        body["error"],
+        "SendPulse deliveries are a JSON array of events"
+    );
+
+    let big = format!(
+        "[{}]",
+        vec!["{\"event\":\"new_emails\",\"email\":\"x@example.com\"}"; 2000].join(",")
+    );
+    let (st, body) = post(&e, &hook, &big).await;
+    assert_eq!(st, 413);
+    assert_eq!(body["error"], "body larger than the 65536 byte limit");
+
+    let (st, body) = post(
+        &e,
+        "/hooks/sendpulse-main?token=wrong",
+        &delivery(&["x@example.com"]),
+    )
+    .await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("wrong token")));
+    let (st, body) = post(&e, "/hooks/sendpulse-main", &delivery(&["x@example.com"])).await;
+    assert_eq!(st, 401);
+    assert!(body["error"].as_str().unwrap().contains("missing token"));
+    let r = client()
+        .post(e.url("/hooks/sendpulse-main"))
+        .header("x-patchbay-token", TOKEN)
+        .body(delivery(&["header@example.com"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let (st, body) = post(&e, "/hooks/nope", "[]").await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (404, Some("no connection `nope`"))
+    );
+
+    // A book no recipe wants: accepted as unmatched.
+    let other =
+        json!([{"event": "new_emails", "book_id": "1", "email": "y@example.com"}]).to_string();
+    let (st, body) = post(&e, &hook, &other).await;
+    assert_eq!(
+        (st, body["unmatched"].as_u64(), body["runs"].as_u64()),
+        (202, Some(1), Some(0)),
+        "{body}"
+    );
+
+    e.settle().await;
+    let done = e.runs(RunState::Completed).await;
+    assert_eq!(done.len(), 2, "{done:?}");
+    let emails: Vec<String> = g
+        .contacts()
+        .iter()
+        .map(|c| c["email"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        emails.contains(&"kept@example.com".to_string())
+            && emails.contains(&"header@example.com".to_string())
+    );
+
+    let deliveries = e.svc.store.deliveries(100).await.unwrap();
+    let statuses: Vec<u16> = deliveries.iter().rev().map(|d| d.status).collect();
+    assert_eq!(statuses, [200, 400, 400, 413, 401, 401, 200, 404, 202]);
+    let recorded = serde_json::to_string(&deliveries).unwrap();
+    assert!(!recorded.contains(TOKEN), "a secret was recorded");
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_delivery_twice_makes_one_run_per_event() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let e = start(&[SUBSCRIBER], conns(&g, &s), &temp_db("dup"), 2).await;
+    let hook = format!("/hooks/sendpulse-main?token={TOKEN}");
+    let body = delivery(&["a@example.com", "b@example.com", "c@example.com"]);
+    let (_, first) = post(&e, &hook, &body).await;
+    let (_, second) = post(&e, &hook, &body).await;
+    assert_eq!(
+        (first["runs"].as_u64(), first["duplicates"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        (second["runs"].as_u64(), second["duplicates"].as_u64()),
+        (Some(0), Some(3))
+    );
+    e.settle().await;
+    assert_eq!(e.runs(RunState::Completed).await.len(), 3);
+    assert_eq!(
+        g.requests()
+            .iter()
+            .filter(|r| r.path == "/contacts/upsert")
+            .count(),
+        3
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_with_one_ordering_key_apply_in_arrival_order_under_eight_workers() {
+    let (g, s) = (
+        ghl::start(ghl::GhlConfig {
+            rate_limit: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    g.control().set_latency(Duration::from_millis(5));
+    let mut cs = conns(&g, &s);
+    cs[0].rate_limits = Some(vec![patchbay::catalog::RateWindow {
+        requests: 100_000,
+        per: "1s".into(),
+    }]);
+    let e = start(&[SUBSCRIBER], cs, &temp_db("order"), 8).await;
+    let hook = format!("/hooks/sendpulse-main?token={TOKEN}");
+    // Five subscribers, each "created" then "updated" four more times, interleaved.
+    for seq in 0..5 {
+        let items: Vec<Value> = (0..5)
+            .map(|who| json!({"event": "new_emails", "book_id": "490686", "email": format!("p{who}@example.com"), "timestamp": format!("{seq}"), "variables": {"seq": seq}}))
+            .collect();
+        let (st, _) = post(&e, &hook, &serde_json::to_string(&items).unwrap()).await;
+        assert_eq!(st, 200);
+    }
+    e.settle().await;
+    for who in 0..5 {
+        let email = format!("p{who}@example.com");
+        let seqs: Vec<String> = g
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/contacts/upsert" && r.body["email"] == json!(email))
+            .map(|r| r.body["source"].as_str().unwrap().to_string())
+            .collect();
+        let expected: Vec<String> = (0..5).map(|s| format!("book 490686 seq {s}")).collect();
+        assert_eq!(seqs, expected, "{email} applied out of order");
+    }
+    e.shutdown().await;
+}
+
+const POLL: &str = r#"
+recipe: crm-task-poll
+trigger: { on: sendpulse.crm.tasks.updated, every: 1h }
+steps:
+  - id: keep
+    action: store.put
+    with: { namespace: seen, key: "{{ event.id }}", value: "{{ event.name }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_records_become_one_run_each_across_a_restart() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let db = temp_db("poll");
+    let first = s.insert_crm_task(json!({"name": "first", "updatedAt": "2026-11-01 10:00:00"}));
+    s.insert_crm_task(json!({"name": "second", "updatedAt": "2026-11-01 11:00:00"}));
+    let e = start(&[POLL], conns(&g, &s), &db, 2).await;
+    // The loop polls once at start (no cursor yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.settle().await;
+    assert_eq!(e.runs(RunState::Completed).await.len(), 2);
+    let recipe = e.svc.recipes().get("crm-task-poll").unwrap();
+    let op = match &recipe.trigger.kind {
+        patchbay::recipe::validate::TriggerKind::Poll { op, .. } => op.clone(),
+        _ => unreachable!(),
+    };
+    // Nothing new: nothing enqueued.
+    assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 0);
+    e.shutdown().await;
+
+    // New and updated records appear while the engine is down.
+    let third = s.insert_crm_task(json!({"name": "third", "updatedAt": "2026-11-02 09:00:00"}));
+    assert!(s.update_crm_task(
+        first,
+        json!({"name": "first, renamed", "updatedAt": "2026-11-02 10:00:00"})
+    ));
+    let e = start(&[POLL], conns(&g, &s), &db, 2).await;
+    // The timer is not due for an hour: poll now, as its next tick would.
+    let recipe = e.svc.recipes().get("crm-task-poll").unwrap();
+    assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 2);
+    assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 0);
+    e.svc.work.notify_waiters();
+    e.settle().await;
+    let runs = e.runs(RunState::Completed).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    use patchbay::connectors::native::LinkStore;
+    assert_eq!(
+        e.svc.store.get("seen", &first.to_string()).await.unwrap(),
+        Some(json!("first, renamed"))
+    );
+    assert_eq!(
+        e.svc.store.get("seen", &third.to_string()).await.unwrap(),
+        Some(json!("third"))
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_every_interval_and_not_twice_per_tick() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let recipe = r#"
+recipe: tick
+trigger: { every: 1s }
+steps:
+  - id: at
+    action: store.put
+    with: { namespace: ticks, key: "{{ run.id }}", value: "{{ event.scheduled_at }}" }
+"#;
+    let e = start(&[recipe], conns(&g, &s), &temp_db("tick"), 2).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    e.settle().await;
+    let n = e.runs(RunState::Completed).await.len();
+    assert!((3..=4).contains(&n), "{n} runs in 2.6 s of a 1 s schedule");
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_runs_are_dead_letters_and_replay_runs_them_again() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    g.control().inject(
+        patchbay::emulator::Fault::Status(
+            400,
+            json!({"statusCode": 400, "message": "Bad Request"}),
+        ),
+        1,
+    );
+    let e = start(&[SUBSCRIBER], conns(&g, &s), &temp_db("dead"), 2).await;
+    let (st, _) = post(
+        &e,
+        &format!("/hooks/sendpulse-main?token={TOKEN}"),
+        &delivery(&["z@example.com"]),
+    )
+    .await;
+    assert_eq!(st, 200);
+    e.settle().await;
+    let dead = e.runs(RunState::Failed).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error.as_ref().unwrap()["kind"], "bad_request");
+    let new_id = e
+        .svc
+        .store
+        .replay(&dead[0].id, &dead[0].recipe_version)
+        .await
+        .unwrap()
+        .unwrap();
+    e.svc.work.notify_waiters();
+    e.settle().await;
+    let (run, steps) = e.svc.store.run(&new_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunState::Completed);
+    assert_eq!(steps[0].output["email"], "z@example.com");
+    assert_eq!(e.runs(RunState::Replayed).await.len(), 1);
+    e.shutdown().await;
+}
