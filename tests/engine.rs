@@ -131,7 +131,7 @@ fn temp_db(name: &str) -> PathBuf {
 async fn start(
     recipes: &[&str],
     conns: Vec<ResolvedConnection>,
-    db: &PathBuf,
+    db: &std::path::Path,
     workers: usize,
 ) -> Engine {
     let catalog = Catalog::builtin();
@@ -422,7 +422,6 @@ async fn polled_records_become_one_run_each_across_a_restart() {
     e.settle().await;
     let runs = e.runs(RunState::Completed).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
-    use patchbay::connectors::native::LinkStore;
     assert_eq!(
         e.svc.store.get("seen", &first.to_string()).await.unwrap(),
         Some(json!("first, renamed"))
