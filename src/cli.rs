@@ -112,6 +112,10 @@ enum Command {
         /// Time in-flight steps get to finish at shutdown.
         #[arg(long, default_value = "10s")]
         grace: String,
+        /// How long a run's claim lasts without progress; a crashed
+        /// process's runs are resumed once it expires.
+        #[arg(long, default_value = "60s")]
+        lease: String,
     },
     /// List runs in the store (`runs show ID` for one run with its steps).
     Runs {
@@ -226,12 +230,15 @@ pub fn main() -> i32 {
             body_limit,
             retention,
             grace,
+            lease,
         } => {
-            let (Ok(retention), Ok(grace)) = (
-                crate::duration::parse_duration(&retention),
-                crate::duration::parse_duration(&grace),
-            ) else {
-                eprintln!("error: --retention and --grace take durations such as `7d` or `10s`");
+            let parse = crate::duration::parse_duration;
+            let (Ok(retention), Ok(grace), Ok(lease)) =
+                (parse(&retention), parse(&grace), parse(&lease))
+            else {
+                eprintln!(
+                    "error: --retention, --grace and --lease take durations such as `7d` or `10s`"
+                );
                 return EXIT_USAGE;
             };
             crate::run::run(crate::run::RunArgs {
@@ -245,6 +252,7 @@ pub fn main() -> i32 {
                 body_limit,
                 retention,
                 grace,
+                lease,
             })
         }
         Command::Runs {

@@ -44,6 +44,8 @@ pub struct RunArgs {
     pub retention: Duration,
     /// How long in-flight steps may take to finish at shutdown.
     pub grace: Duration,
+    /// Run claim lease.
+    pub lease: Duration,
 }
 
 /// Sandbox addresses and credentials (fixed, so the README's curl lines work).
@@ -264,6 +266,7 @@ async fn run_async(args: RunArgs) -> i32 {
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         work: Notify::new(),
         body_limit: args.body_limit,
+        lease: args.lease,
     });
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

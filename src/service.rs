@@ -19,10 +19,8 @@ use crate::recipe::validate::{TriggerKind, ValidRecipe};
 use crate::store::{NewEvent, NewRun, Store};
 use crate::template::{self, Template};
 
-/// How long a claim lasts without a checkpoint or heartbeat.
-pub const LEASE: Duration = Duration::from_secs(60);
-/// How often a running run renews its lease.
-const HEARTBEAT: Duration = Duration::from_secs(20);
+/// How long a claim lasts without a checkpoint or heartbeat, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// How often idle workers look for work they were not told about.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
@@ -91,6 +89,9 @@ pub struct Service {
     pub work: Notify,
     /// Largest accepted webhook body.
     pub body_limit: usize,
+    /// How long a claim lasts without a checkpoint or heartbeat: after a
+    /// crash, the crashed process's runs are taken over once it expires.
+    pub lease: Duration,
 }
 
 /// A new random id.
@@ -181,7 +182,7 @@ impl Service {
             if *stop.borrow() {
                 return;
             }
-            match self.store.claim(&name, LEASE).await {
+            match self.store.claim(&name, self.lease).await {
                 Ok(Some(run)) => self.execute(run).await,
                 Ok(None) => {
                     tokio::select! {
@@ -216,15 +217,17 @@ impl Service {
         };
         let sink = StoreSink {
             store: self.store.clone(),
+            lease: self.lease,
         };
         // Keep the lease while long steps (retries, slow APIs) run.
         let heartbeat = {
             let store = self.store.clone();
             let id = run.id.clone();
+            let lease = self.lease;
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    if store.checkpoint(&id, &[], LEASE).await.is_err() {
+                    tokio::time::sleep(lease / 3).await;
+                    if store.checkpoint(&id, &[], lease).await.is_err() {
                         return;
                     }
                 }
@@ -474,6 +477,7 @@ pub fn next_due(
 /// Checkpoints into the store.
 struct StoreSink {
     store: Arc<dyn Store>,
+    lease: Duration,
 }
 
 impl CheckpointSink for StoreSink {
@@ -484,7 +488,7 @@ impl CheckpointSink for StoreSink {
     ) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
             self.store
-                .checkpoint(run_id, records, LEASE)
+                .checkpoint(run_id, records, self.lease)
                 .await
                 .map_err(|e| e.to_string())
         })

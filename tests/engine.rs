@@ -156,6 +156,7 @@ async fn start(
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         work: Notify::new(),
         body_limit: 64 * 1024,
+        lease: patchbay::service::DEFAULT_LEASE,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
