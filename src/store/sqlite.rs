@@ -1,7 +1,7 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
-//! versioned migrations, and group commit — concurrent ingests are written
-//! by one task in one transaction, so durability costs one fsync per batch
-//! rather than per event.
+//! The embedded store: one SQLite file in WAL mode, versioned migrations,
+//! and group commit — concurrent ingests are written by one task in one
+//! `synchronous=FULL` transaction, so durable acceptance costs one fsync per
+//! batch rather than per event.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -84,19 +84,31 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let memory = url.contains(":memory:");
+        // Run-state writes (claims, checkpoints, ends) use synchronous=NORMAL:
+        // in WAL mode they survive a process crash, and one lost to a power
+        // cut only repeats a step. Accepting events is what must never be
+        // lost, so the group-commit writer uses FULL (an fsync per batch).
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists once per connection.
             .max_connections(if memory { 1 } else { 4 })
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.clone().synchronous(if memory { SqliteSynchronous::Full } else { SqliteSynchronous::Normal }))
             .await?;
         migrate(&pool).await?;
+        let accept = if memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts.synchronous(SqliteSynchronous::Full))
+                .await?
+        };
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(pool.clone(), rx));
+        tokio::spawn(writer(accept, rx));
         Ok(SqliteStore { pool, writer: tx })
     }
 

@@ -1,0 +1,255 @@
+//! Load on the durable engine over loopback with `wrk` (Debian's package):
+//! SendPulse deliveries -> one mapped HighLevel action against the emulator,
+//! acknowledged after commit, with 1 and with 100 events per delivery; the
+//! acknowledgement latency at a fixed 1,000 events/s; peak RSS; and, in the
+//! same run, a minimal axum -> reqwest forwarder without durability as the
+//! machine's ceiling.
+//!
+//! `cargo bench --bench engine_load` (needs `wrk` on PATH); results go to
+//! `docs/performance.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use patchbay::emulator::ghl;
+use patchbay::store::sqlite::SqliteStore;
+use patchbay::store::{RunFilter, RunState, Store};
+
+const TOKEN: &str = "bench-token";
+const SECONDS: u64 = 15;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const LUA: &str = r#"
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  n = 0
+  per = tonumber(os.getenv("PER_DELIVERY") or "1")
+end
+function request()
+  local items = {}
+  for i = 1, per do
+    n = n + 1
+    items[i] = '{"event":"new_emails","book_id":"7","email":"t' .. id .. '-' .. n .. '@example.com","timestamp":"1"}'
+  end
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, "[" .. table.concat(items, ",") .. "]")
+end
+"#;
+
+/// wrk's requests/s and the 50th and 99th latency percentiles.
+fn wrk(url: &str, connections: u32, per_delivery: u32, dir: &Path) -> (f64, String, String) {
+    let script = dir.join("load.lua");
+    std::fs::write(&script, LUA).unwrap();
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{SECONDS}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .env("PER_DELIVERY", per_delivery.to_string())
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse().unwrap_or(0.0))
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    if text.contains("Non-2xx") {
+        eprintln!("wrk saw errors:\n{text}");
+    }
+    (rps, pct("50%"), pct("99%"))
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn queued(store: &SqliteStore) -> usize {
+    store
+        .runs(RunFilter { status: Some(RunState::Queued), limit: 10_000_000, ..Default::default() })
+        .await
+        .map(|r| r.len())
+        .unwrap_or(0)
+}
+
+/// Starts the engine, loads it, and reports.
+async fn engine_case(dir: &Path, g: &ghl::GhlEmulator, contact: &str, per_delivery: u32, connections: u32) {
+    let _ = std::fs::remove_file(dir.join("store.db"));
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["run", "--recipes", "recipes", "--connections", "connections.yaml", "--store", "sqlite://store.db", "--workers", "32"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env("GHL_TOKEN", "pit-bench")
+        .env("WEBHOOK_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _guard = Killed(child);
+    std::thread::sleep(Duration::from_millis(800));
+    g.control().clear_requests();
+    let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
+    let start = Instant::now();
+    let (rps, p50, p99) = wrk(&url, connections, per_delivery, dir);
+    let load_secs = start.elapsed().as_secs_f64();
+    let actions_during = g.requests().len();
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display())).await.unwrap();
+    let backlog = queued(&store).await;
+    // Drain: how long until every accepted event has run.
+    while queued(&store).await > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total_secs = start.elapsed().as_secs_f64();
+    let events = rps * per_delivery as f64;
+    println!(
+        "engine, {per_delivery} event(s)/delivery, {connections} connections: {rps:.0} deliveries/s = {events:.0} events/s acknowledged (p50 {p50}, p99 {p99}); \
+         actions reached the emulator at {:.0}/s during the load; backlog at the end {backlog} runs, drained {:.1} s later; peak RSS {:.0} MB",
+        actions_during as f64 / load_secs,
+        total_secs - load_secs,
+        peak_rss_mb(pid),
+    );
+    let _ = contact;
+}
+
+/// A minimal axum -> reqwest forwarder without durability: the ceiling.
+async fn forwarder(target: String, contact: String) -> u16 {
+    use axum::routing::post;
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().route(
+        "/hooks/{c}",
+        post(move |body: axum::body::Bytes| {
+            let (client, target, contact) = (client.clone(), target.clone(), contact.clone());
+            async move {
+                let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+                for e in events {
+                    let _ = client
+                        .post(format!("{target}/contacts/{contact}/tags"))
+                        .header("authorization", "Bearer pit-bench")
+                        .header("version", "2021-07-28")
+                        .json(&serde_json::json!({"tags": [e["book_id"]]}))
+                        .send()
+                        .await;
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// Acknowledgement latency at a fixed rate of single-event deliveries.
+async fn fixed_rate(dir: &Path, per_second: u32) {
+    let _ = std::fs::remove_file(dir.join("store.db"));
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["run", "--recipes", "recipes", "--connections", "connections.yaml", "--store", "sqlite://store.db", "--workers", "32"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env("GHL_TOKEN", "pit-bench")
+        .env("WEBHOOK_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    std::thread::sleep(Duration::from_millis(800));
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..per_second * 10 {
+        tick.tick().await;
+        let (client, url, lat) = (client.clone(), url.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = format!("[{{\"event\":\"new_emails\",\"book_id\":\"7\",\"email\":\"fixed{i}@example.com\",\"timestamp\":\"1\"}}]");
+            let t = Instant::now();
+            let r = client.post(&url).header("content-type", "application/json").body(body).send().await;
+            if matches!(r, Ok(ref r) if r.status().is_success()) {
+                lat.lock().unwrap().push(t.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut l = lat.lock().unwrap().clone();
+    l.sort();
+    let p = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)].as_secs_f64() * 1e3;
+    println!("engine at a fixed {per_second} events/s for 10 s: {} acknowledged, p50 {:.2} ms, p99 {:.2} ms", l.len(), p(0.5), p(0.99));
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let g = ghl::start(ghl::GhlConfig { token: "pit-bench".into(), rate_limit: None, ..Default::default() }).await.unwrap();
+        let contact = g.insert_contact(serde_json::json!({"email": "bench@example.com"}));
+        let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("recipes")).unwrap();
+        std::fs::write(
+            dir.join("recipes/bench.yaml"),
+            format!(
+                "recipe: bench\ntrigger: {{ on: sendpulse.subscriber.added, connection: sendpulse-main }}\nsteps:\n  - id: tag\n    action: ghl.tags.add\n    connection: ghl-main\n    with: {{ contactId: \"{contact}\", tags: [\"book-{{{{ event.book_id }}}}\"] }}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("connections.yaml"),
+            format!(
+                "ghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: GHL_TOKEN }}\n  location_id: {}\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n\
+                 sendpulse-main:\n  connector: sendpulse\n  api_key: {{ env: GHL_TOKEN }}\n  webhook_token: {{ env: WEBHOOK_TOKEN }}\n",
+                g.base_url(),
+                g.config().location_id,
+            ),
+        )
+        .unwrap();
+
+        let fwd = forwarder(g.base_url(), contact.clone()).await;
+        let (rps, p50, p99) = wrk(&format!("http://127.0.0.1:{fwd}/hooks/x"), 32, 1, &dir);
+        println!("forwarder (axum -> reqwest, no store), 1 event/delivery, 32 connections: {rps:.0} requests/s (p50 {p50}, p99 {p99})");
+        g.control().clear_requests();
+
+        engine_case(&dir, &g, &contact, 1, 32).await;
+        g.control().clear_requests();
+        engine_case(&dir, &g, &contact, 100, 8).await;
+        g.control().clear_requests();
+        fixed_rate(&dir, 1000).await;
+    });
+}
