@@ -49,21 +49,82 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);",
 ];
 
-/// Most ingests written in one transaction.
+/// Most writes in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// A write that goes through the group-commit task.
-struct IngestJob {
-    delivery: Option<Delivery>,
-    events: Vec<NewEvent>,
-    cursor: Option<(String, String)>,
-    reply: oneshot::Sender<Result<Ingested, StoreError>>,
+/// A write for the writer task. Every write goes through one connection
+/// in batched transactions: SQLite has one writer at a time, and letting
+/// several connections compete makes them sleep in the busy handler.
+enum Job {
+    Ingest {
+        delivery: Option<Delivery>,
+        events: Vec<NewEvent>,
+        cursor: Option<(String, String)>,
+        reply: oneshot::Sender<Result<Ingested, StoreError>>,
+    },
+    Claim {
+        worker: String,
+        lease: Duration,
+        reply: oneshot::Sender<Result<Option<ClaimedRun>, StoreError>>,
+    },
+    Checkpoint {
+        run_id: String,
+        records: Vec<String>,
+        lease: Duration,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Finish {
+        run_id: String,
+        status: RunState,
+        failed_step: Option<String>,
+        error: Option<String>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A job's answer, sent only after its transaction committed.
+enum Answer {
+    Ingest(
+        oneshot::Sender<Result<Ingested, StoreError>>,
+        Result<Ingested, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<Option<ClaimedRun>, StoreError>>,
+        Result<Option<ClaimedRun>, StoreError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Ingest(r, v) => drop(r.send(v)),
+            Answer::Claim(r, v) => drop(r.send(v)),
+            Answer::Unit(r, v) => drop(r.send(v)),
+        }
+    }
+
+    /// The commit failed: every job of the batch fails.
+    fn fail(self, msg: &str) {
+        let e = || StoreError::Corrupt {
+            what: "write",
+            detail: msg.to_string(),
+        };
+        match self {
+            Answer::Ingest(r, _) => drop(r.send(Err(e()))),
+            Answer::Claim(r, _) => drop(r.send(Err(e()))),
+            Answer::Unit(r, _) => drop(r.send(Err(e()))),
+        }
+    }
 }
 
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
-    writer: mpsc::Sender<IngestJob>,
+    writer: mpsc::Sender<Job>,
 }
 
 fn now_ms() -> i64 {
@@ -95,7 +156,11 @@ impl SqliteStore {
             // An in-memory database exists once per connection.
             .max_connections(if memory { 1 } else { 4 })
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts.clone().synchronous(if memory { SqliteSynchronous::Full } else { SqliteSynchronous::Normal }))
+            .connect_with(opts.clone().synchronous(if memory {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            }))
             .await?;
         migrate(&pool).await?;
         let accept = if memory {
@@ -119,15 +184,30 @@ impl SqliteStore {
         cursor: Option<(String, String)>,
     ) -> Result<Ingested, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job = IngestJob {
+        self.send(Job::Ingest {
             delivery,
             events,
             cursor,
             reply,
-        };
-        if self.writer.send(job).await.is_err() {
-            return Err(StoreError::Db(sqlx::Error::PoolClosed));
-        }
+        })
+        .await?;
+        rx.await
+            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+    }
+
+    async fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))
+    }
+
+    async fn unit(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        self.send(job).await?;
         rx.await
             .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
     }
@@ -155,9 +235,10 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The group-commit task: takes every waiting ingest, writes them in one
-/// transaction, answers each.
-async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<IngestJob>) {
+/// The writer task: takes every waiting write, applies them in one
+/// transaction (group commit), and answers each after the commit.
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
+    let mut last_reap = 0i64;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -166,82 +247,268 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<IngestJob>) {
                 Err(_) => break,
             }
         }
-        let result = write_batch(&pool, &jobs).await;
-        match result {
-            Ok(counts) => {
-                for (job, c) in jobs.into_iter().zip(counts) {
-                    let _ = job.reply.send(Ok(c));
-                }
-            }
+        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
             Err(e) => {
                 let msg = e.to_string();
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Corrupt {
-                        what: "ingest",
-                        detail: msg.clone(),
-                    }));
+                for j in jobs {
+                    answer_of(
+                        j,
+                        Err(StoreError::Corrupt {
+                            what: "write",
+                            detail: msg.clone(),
+                        }),
+                    )
+                    .send();
                 }
+                continue;
+            }
+        };
+        let now = now_ms();
+        // Runs whose lease expired (their process died) are queued again.
+        if now - last_reap > 500 {
+            last_reap = now;
+            let _ = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status = 'running' AND lease_until < ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+        }
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            answers.push(apply(&mut tx, job, now).await);
+        }
+        match tx.commit().await {
+            Ok(()) => answers.into_iter().for_each(Answer::send),
+            Err(e) => {
+                let msg = e.to_string();
+                answers.into_iter().for_each(|a| a.fail(&msg));
             }
         }
     }
 }
 
-async fn write_batch(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<Ingested>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM runs")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("s")?;
-    let now = now_ms();
-    let mut counts = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut c = Ingested::default();
-        for ev in &job.events {
-            if let Some(key) = &ev.dedupe_key {
-                let fresh = sqlx::query("INSERT INTO dedupe (key, expires_at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?")
-                    .bind(key)
-                    .bind(now + DEDUPE_WINDOW.as_millis() as i64)
-                    .bind(now)
-                    .execute(&mut *tx)
+fn answer_of(job: Job, err: Result<(), StoreError>) -> Answer {
+    let e = err.err().expect("an error");
+    match job {
+        Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
+        Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
+        Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } => Answer::Unit(reply, Err(e)),
+    }
+}
+
+async fn apply(tx: &mut Transaction<'_, Sqlite>, job: Job, now: i64) -> Answer {
+    match job {
+        Job::Ingest {
+            delivery,
+            events,
+            cursor,
+            reply,
+        } => Answer::Ingest(reply, ingest(tx, delivery, &events, cursor, now).await),
+        Job::Claim {
+            worker,
+            lease,
+            reply,
+        } => Answer::Claim(reply, claim(tx, &worker, lease, now).await),
+        Job::Checkpoint {
+            run_id,
+            records,
+            lease,
+            reply,
+        } => Answer::Unit(reply, checkpoint(tx, &run_id, &records, lease, now).await),
+        Job::Finish {
+            run_id,
+            status,
+            failed_step,
+            error,
+            reply,
+        } => {
+            let r = sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(failed_step)
+                .bind(error)
+                .bind(now)
+                .bind(run_id)
+                .execute(&mut **tx)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from);
+            Answer::Unit(reply, r)
+        }
+    }
+}
+
+async fn ingest(
+    tx: &mut Transaction<'_, Sqlite>,
+    delivery: Option<Delivery>,
+    events: &[NewEvent],
+    cursor: Option<(String, String)>,
+    now: i64,
+) -> Result<Ingested, StoreError> {
+    let mut c = Ingested::default();
+    let mut seq: Option<i64> = None;
+    for ev in events {
+        if let Some(key) = &ev.dedupe_key {
+            let fresh = sqlx::query("INSERT INTO dedupe (key, expires_at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?")
+                .bind(key)
+                .bind(now + DEDUPE_WINDOW.as_millis() as i64)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if fresh == 0 {
+                c.duplicates += 1;
+                continue;
+            }
+        }
+        insert_event(tx, ev, now).await?;
+        c.events += 1;
+        for run in &ev.runs {
+            let next = match seq {
+                Some(s) => s + 1,
+                None => sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM runs")
+                    .fetch_one(&mut **tx)
                     .await?
-                    .rows_affected();
-                if fresh == 0 {
-                    c.duplicates += 1;
-                    continue;
-                }
-            }
-            insert_event(&mut tx, ev, now).await?;
-            c.events += 1;
-            for run in &ev.runs {
-                seq += 1;
-                sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
-                    .bind(&run.id)
-                    .bind(seq)
-                    .bind(&ev.id)
-                    .bind(&run.recipe)
-                    .bind(&run.recipe_version)
-                    .bind(&run.ordering_key)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                c.runs += 1;
-            }
+                    .try_get("s")?,
+            };
+            seq = Some(next);
+            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
+                .bind(&run.id)
+                .bind(next)
+                .bind(&ev.id)
+                .bind(&run.recipe)
+                .bind(&run.recipe_version)
+                .bind(&run.ordering_key)
+                .bind(now)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            c.runs += 1;
         }
-        if let Some(d) = &job.delivery {
-            insert_delivery(&mut tx, d).await?;
-        }
-        if let Some((name, value)) = &job.cursor {
-            sqlx::query("INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
-                .bind(name)
-                .bind(value)
-                .execute(&mut *tx)
+    }
+    if let Some(d) = &delivery {
+        insert_delivery(tx, d).await?;
+    }
+    if let Some((name, value)) = &cursor {
+        sqlx::query("INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+            .bind(name)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(c)
+}
+
+async fn claim(
+    tx: &mut Transaction<'_, Sqlite>,
+    worker: &str,
+    lease: Duration,
+    now: i64,
+) -> Result<Option<ClaimedRun>, StoreError> {
+    if let Some(run) = claim_queued(tx, worker, lease, now).await? {
+        return Ok(Some(run));
+    }
+    // Nothing queued: take back runs whose process died, then try again.
+    let reaped = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status = 'running' AND lease_until < ?")
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if reaped == 0 {
+        return Ok(None);
+    }
+    claim_queued(tx, worker, lease, now).await
+}
+
+async fn claim_queued(
+    tx: &mut Transaction<'_, Sqlite>,
+    worker: &str,
+    lease: Duration,
+    now: i64,
+) -> Result<Option<ClaimedRun>, StoreError> {
+    // The oldest queued run whose ordering key has no earlier unfinished
+    // run; `runs_claim` and `runs_ordering` keep this an index walk.
+    let row = sqlx::query(
+        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
+                started_at = COALESCE(started_at, ?3), updated_at = ?3
+         WHERE id = (
+            SELECT r.id FROM runs r
+            WHERE r.status = 'queued'
+              AND (r.ordering_key IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM runs o
+                  WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
+                    AND o.status IN ('queued', 'running')))
+            ORDER BY r.seq LIMIT 1)
+         RETURNING id, recipe, recipe_version, event_id, started_at",
+    )
+    .bind(worker)
+    .bind(now + lease.as_millis() as i64)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let id: String = row.try_get("id")?;
+    let event_id: String = row.try_get("event_id")?;
+    let payload: String = sqlx::query("SELECT payload FROM events WHERE id = ?")
+        .bind(&event_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("payload")?;
+    let steps = sqlx::query("SELECT record FROM steps WHERE run_id = ? ORDER BY idx")
+        .bind(&id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut done = Vec::with_capacity(steps.len());
+    for s in steps {
+        let text: String = s.try_get("record")?;
+        done.push(
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                what: "steps.record",
+                detail: e.to_string(),
+            })?,
+        );
+    }
+    Ok(Some(ClaimedRun {
+        id,
+        recipe: row.try_get("recipe")?,
+        recipe_version: row.try_get("recipe_version")?,
+        payload: parse_json("events.payload", &payload)?,
+        started_at: to_time(row.try_get("started_at")?),
+        done,
+    }))
+}
+
+async fn checkpoint(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: &str,
+    records: &[String],
+    lease: Duration,
+    now: i64,
+) -> Result<(), StoreError> {
+    if !records.is_empty() {
+        let next: i64 =
+            sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM steps WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("n")?;
+        for (i, r) in records.iter().enumerate() {
+            sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
+                .bind(run_id)
+                .bind(next + i as i64)
+                .bind(r)
+                .execute(&mut **tx)
                 .await?;
         }
-        counts.push(c);
     }
-    tx.commit().await?;
-    Ok(counts)
+    sqlx::query(
+        "UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+    )
+    .bind(now + lease.as_millis() as i64)
+    .bind(now)
+    .bind(run_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_event(
@@ -335,55 +602,15 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> BoxFut<'a, Result<Option<ClaimedRun>, StoreError>> {
         Box::pin(async move {
-            let now = now_ms();
-            let row = sqlx::query(
-                "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
-                        started_at = COALESCE(started_at, ?3), updated_at = ?3
-                 WHERE id = (
-                    SELECT r.id FROM runs r
-                    WHERE (r.status = 'queued' OR (r.status = 'running' AND r.lease_until < ?3))
-                      AND (r.ordering_key IS NULL OR NOT EXISTS (
-                          SELECT 1 FROM runs o
-                          WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
-                            AND o.status IN ('queued', 'running')))
-                    ORDER BY r.seq LIMIT 1)
-                 RETURNING id, recipe, recipe_version, event_id, started_at",
-            )
-            .bind(worker)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .fetch_optional(&self.pool)
+            let (reply, rx) = oneshot::channel();
+            self.send(Job::Claim {
+                worker: worker.to_string(),
+                lease,
+                reply,
+            })
             .await?;
-            let Some(row) = row else { return Ok(None) };
-            let id: String = row.try_get("id")?;
-            let event_id: String = row.try_get("event_id")?;
-            let payload: String = sqlx::query("SELECT payload FROM events WHERE id = ?")
-                .bind(&event_id)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("payload")?;
-            let steps = sqlx::query("SELECT record FROM steps WHERE run_id = ? ORDER BY idx")
-                .bind(&id)
-                .fetch_all(&self.pool)
-                .await?;
-            let mut done = Vec::with_capacity(steps.len());
-            for s in steps {
-                let text: String = s.try_get("record")?;
-                done.push(
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                        what: "steps.record",
-                        detail: e.to_string(),
-                    })?,
-                );
-            }
-            Ok(Some(ClaimedRun {
-                id,
-                recipe: row.try_get("recipe")?,
-                recipe_version: row.try_get("recipe_version")?,
-                payload: parse_json("events.payload", &payload)?,
-                started_at: to_time(row.try_get("started_at")?),
-                done,
-            }))
+            rx.await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
         })
     }
 
@@ -394,30 +621,21 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let next: i64 =
-                sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM steps WHERE run_id = ?")
-                    .bind(run_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
-            for (i, r) in records.iter().enumerate() {
-                sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
-                    .bind(run_id)
-                    .bind(next + i as i64)
-                    .bind(serde_json::to_string(r).expect("records serialize"))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let now = now_ms();
-            sqlx::query("UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ?")
-                .bind(now + lease.as_millis() as i64)
-                .bind(now)
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
+            let (reply, rx) = oneshot::channel();
+            let records = records
+                .iter()
+                .map(|r| serde_json::to_string(r).expect("records serialize"))
+                .collect();
+            self.unit(
+                Job::Checkpoint {
+                    run_id: run_id.to_string(),
+                    records,
+                    lease,
+                    reply,
+                },
+                rx,
+            )
+            .await
         })
     }
 
@@ -428,15 +646,18 @@ impl Store for SqliteStore {
                 RunStatus::Failed => RunState::Failed,
                 RunStatus::Filtered => RunState::Filtered,
             };
-            sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(&report.failed_step)
-                .bind(report.error.as_ref().map(|e| serde_json::to_string(e).expect("errors serialize")))
-                .bind(now_ms())
-                .bind(&report.run_id)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
+            let (reply, rx) = oneshot::channel();
+            let job = Job::Finish {
+                run_id: report.run_id.clone(),
+                status,
+                failed_step: report.failed_step.clone(),
+                error: report
+                    .error
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).expect("errors serialize")),
+                reply,
+            };
+            self.unit(job, rx).await
         })
     }
 
