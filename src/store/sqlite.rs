@@ -254,10 +254,10 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
                 for j in jobs {
                     answer_of(
                         j,
-                        Err(StoreError::Corrupt {
+                        StoreError::Corrupt {
                             what: "write",
                             detail: msg.clone(),
-                        }),
+                        },
                     )
                     .send();
                 }
@@ -287,8 +287,7 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn answer_of(job: Job, err: Result<(), StoreError>) -> Answer {
-    let e = err.err().expect("an error");
+fn answer_of(job: Job, e: StoreError) -> Answer {
     match job {
         Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
         Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
