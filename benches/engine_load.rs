@@ -30,7 +30,11 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 const LUA: &str = r#"
@@ -59,7 +63,13 @@ fn wrk(url: &str, connections: u32, per_delivery: u32, dir: &Path) -> (f64, Stri
     let script = dir.join("load.lua");
     std::fs::write(&script, LUA).unwrap();
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{SECONDS}s"), "--latency", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{SECONDS}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(&script)
         .arg(url)
         .env("PER_DELIVERY", per_delivery.to_string())
@@ -96,18 +106,38 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 async fn queued(store: &SqliteStore) -> usize {
     store
-        .runs(RunFilter { status: Some(RunState::Queued), limit: 10_000_000, ..Default::default() })
+        .runs(RunFilter {
+            status: Some(RunState::Queued),
+            limit: 10_000_000,
+            ..Default::default()
+        })
         .await
         .map(|r| r.len())
         .unwrap_or(0)
 }
 
 /// Starts the engine, loads it, and reports.
-async fn engine_case(dir: &Path, g: &ghl::GhlEmulator, contact: &str, per_delivery: u32, connections: u32) {
+async fn engine_case(
+    dir: &Path,
+    g: &ghl::GhlEmulator,
+    contact: &str,
+    per_delivery: u32,
+    connections: u32,
+) {
     let _ = std::fs::remove_file(dir.join("store.db"));
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(["run", "--recipes", "recipes", "--connections", "connections.yaml", "--store", "sqlite://store.db", "--workers", "32"])
+        .args([
+            "run",
+            "--recipes",
+            "recipes",
+            "--connections",
+            "connections.yaml",
+            "--store",
+            "sqlite://store.db",
+            "--workers",
+            "32",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
         .env("GHL_TOKEN", "pit-bench")
@@ -125,7 +155,9 @@ async fn engine_case(dir: &Path, g: &ghl::GhlEmulator, contact: &str, per_delive
     let (rps, p50, p99) = wrk(&url, connections, per_delivery, dir);
     let load_secs = start.elapsed().as_secs_f64();
     let actions_during = g.requests().len();
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display())).await.unwrap();
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+        .await
+        .unwrap();
     let backlog = queued(&store).await;
     // Drain: how long until every accepted event has run.
     while queued(&store).await > 0 {
@@ -152,7 +184,8 @@ async fn forwarder(target: String, contact: String) -> u16 {
         post(move |body: axum::body::Bytes| {
             let (client, target, contact) = (client.clone(), target.clone(), contact.clone());
             async move {
-                let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+                let events: Vec<serde_json::Value> =
+                    serde_json::from_slice(&body).unwrap_or_default();
                 for e in events {
                     let _ = client
                         .post(format!("{target}/contacts/{contact}/tags"))
@@ -177,7 +210,17 @@ async fn fixed_rate(dir: &Path, per_second: u32) {
     let _ = std::fs::remove_file(dir.join("store.db"));
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(["run", "--recipes", "recipes", "--connections", "connections.yaml", "--store", "sqlite://store.db", "--workers", "32"])
+        .args([
+            "run",
+            "--recipes",
+            "recipes",
+            "--connections",
+            "connections.yaml",
+            "--store",
+            "sqlite://store.db",
+            "--workers",
+            "32",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
         .env("GHL_TOKEN", "pit-bench")
@@ -215,7 +258,11 @@ async fn fixed_rate(dir: &Path, per_second: u32) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let g = ghl::start(ghl::GhlConfig { token: "pit-bench".into(), rate_limit: None, ..Default::default() }).await.unwrap();
