@@ -181,11 +181,15 @@ async fn hook(
         }
         Err(e) => {
             tracing::error!(error = %e, "could not store a delivery");
-            // Not acknowledged: the sender retries.
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
+            // Not acknowledged: 429 is the one answer every sender retries
+            // (HighLevel retries nothing else).
+            let mut r = answer(
+                StatusCode::TOO_MANY_REQUESTS,
                 json!({"error": format!("the store is unavailable; retry ({e})")}),
-            )
+            );
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("30"));
+            r
         }
     }
 }
