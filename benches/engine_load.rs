@@ -116,14 +116,8 @@ async fn queued(store: &SqliteStore) -> usize {
         .unwrap_or(0)
 }
 
-/// Starts the engine, loads it, and reports.
-async fn engine_case(
-    dir: &Path,
-    g: &ghl::GhlEmulator,
-    contact: &str,
-    per_delivery: u32,
-    connections: u32,
-) {
+/// Starts the release engine on a fresh store; its guard, port and pid.
+fn spawn_engine(dir: &Path) -> (Killed, u16, u32) {
     let _ = std::fs::remove_file(dir.join("store.db"));
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
@@ -147,8 +141,19 @@ async fn engine_case(
         .spawn()
         .unwrap();
     let pid = child.id();
-    let _guard = Killed(child);
     std::thread::sleep(Duration::from_millis(800));
+    (Killed(child), port, pid)
+}
+
+/// Starts the engine, loads it, and reports.
+async fn engine_case(
+    dir: &Path,
+    g: &ghl::GhlEmulator,
+    contact: &str,
+    per_delivery: u32,
+    connections: u32,
+) {
+    let (_guard, port, pid) = spawn_engine(dir);
     g.control().clear_requests();
     let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
     let start = Instant::now();
@@ -207,30 +212,7 @@ async fn forwarder(target: String, contact: String) -> u16 {
 
 /// Acknowledgement latency at a fixed rate of single-event deliveries.
 async fn fixed_rate(dir: &Path, per_second: u32) {
-    let _ = std::fs::remove_file(dir.join("store.db"));
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args([
-            "run",
-            "--recipes",
-            "recipes",
-            "--connections",
-            "connections.yaml",
-            "--store",
-            "sqlite://store.db",
-            "--workers",
-            "32",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir)
-        .env("GHL_TOKEN", "pit-bench")
-        .env("WEBHOOK_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Killed(child);
-    std::thread::sleep(Duration::from_millis(800));
+    let (_guard, port, _) = spawn_engine(dir);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);

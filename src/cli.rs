@@ -307,6 +307,37 @@ pub fn load_catalog(dir: Option<&PathBuf>) -> Result<(Catalog, Vec<Diagnostic>),
     }
 }
 
+/// The catalog for `fire` and `run`, or the exit code after printing why not.
+pub fn catalog_or_exit(dir: Option<&PathBuf>) -> Result<Catalog, i32> {
+    match load_catalog(dir) {
+        Ok((c, d)) if d.is_empty() => Ok(c),
+        Ok((_, d)) => {
+            print_diags(&d, Format::Human);
+            Err(EXIT_INVALID)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// A checked connections file for `fire` and `run`, or the exit code after
+/// printing why not.
+pub fn connections_or_exit(path: &std::path::Path, catalog: &Catalog) -> Result<Connections, i32> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!(
+            "error: cannot read connections file {}: {e}",
+            path.display()
+        );
+        EXIT_USAGE
+    })?;
+    Connections::parse(&path.display().to_string(), &text, catalog).map_err(|d| {
+        print_diags(&d, Format::Human);
+        EXIT_INVALID
+    })
+}
+
 /// Prints diagnostics to stdout in a format.
 pub fn print_diags(diags: &[Diagnostic], format: Format) {
     let out = match format {

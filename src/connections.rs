@@ -84,6 +84,32 @@ pub struct ResolvedConnection {
 }
 
 impl ResolvedConnection {
+    /// A connection from values (`(field, value, secret)`), for the sandbox
+    /// and tests.
+    pub fn from_values(
+        name: &str,
+        connector: &str,
+        fields: &[(&str, &str, bool)],
+    ) -> ResolvedConnection {
+        ResolvedConnection {
+            name: name.into(),
+            connector: connector.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v, secret)| {
+                    let v = if *secret {
+                        FieldValue::Secret(Secret::new(*v))
+                    } else {
+                        FieldValue::Plain(v.to_string())
+                    };
+                    (k.to_string(), v)
+                })
+                .collect(),
+            rate_limits: None,
+            concurrency: None,
+        }
+    }
+
     /// A field's value.
     pub fn get(&self, field: &str) -> Option<&FieldValue> {
         self.fields.get(field)

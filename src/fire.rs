@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::catalog::{OpKind, Split};
-use crate::cli::{load_catalog, print_diags, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+use crate::cli::{
+    catalog_or_exit, connections_or_exit, print_diags, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
+};
 use crate::connections::Connections;
 use crate::connectors::native::MemoryStore;
 use crate::connectors::Runtime;
@@ -43,38 +45,16 @@ pub fn fire(args: FireArgs) -> i32 {
 }
 
 async fn fire_async(args: FireArgs) -> i32 {
-    let (catalog, diags) = match load_catalog(args.catalog.as_ref()) {
+    let catalog = match catalog_or_exit(args.catalog.as_ref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
-    if !diags.is_empty() {
-        print_diags(&diags, Format::Human);
-        return EXIT_INVALID;
-    }
     let conns = match &args.connections {
         None => Connections::default(),
-        Some(path) => {
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!(
-                        "error: cannot read connections file {}: {e}",
-                        path.display()
-                    );
-                    return EXIT_USAGE;
-                }
-            };
-            match Connections::parse(&path.display().to_string(), &text, &catalog) {
-                Ok(c) => c,
-                Err(d) => {
-                    print_diags(&d, Format::Human);
-                    return EXIT_INVALID;
-                }
-            }
-        }
+        Some(path) => match connections_or_exit(path, &catalog) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
     };
     let loaded = match load_paths(
         std::slice::from_ref(&args.recipe),

@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::cli::{load_catalog, print_diags, EXIT_OK, EXIT_USAGE};
-use crate::connections::{Connections, FieldValue, ResolvedConnection};
+use crate::cli::{catalog_or_exit, connections_or_exit, print_diags, EXIT_OK, EXIT_USAGE};
+use crate::connections::{Connections, ResolvedConnection};
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
 use crate::emulator::{ghl, sendpulse};
 use crate::recipe::load::load_paths;
-use crate::secret::Secret;
 use crate::service::{RecipeSet, Service};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -75,26 +74,6 @@ pub fn run(args: RunArgs) -> i32 {
     rt.block_on(run_async(args))
 }
 
-fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> ResolvedConnection {
-    ResolvedConnection {
-        name: name.into(),
-        connector: connector.into(),
-        fields: fields
-            .iter()
-            .map(|(k, v, secret)| {
-                let v = if *secret {
-                    FieldValue::Secret(Secret::new(v.as_str()))
-                } else {
-                    FieldValue::Plain(v.clone())
-                };
-                (k.to_string(), v)
-            })
-            .collect(),
-        rate_limits: None,
-        concurrency: None,
-    }
-}
-
 /// Starts the emulators and returns them with connections pointing at them.
 async fn start_sandbox() -> std::io::Result<(
     ghl::GhlEmulator,
@@ -116,23 +95,23 @@ async fn start_sandbox() -> std::io::Result<(
     })
     .await?;
     let conns = vec![
-        conn(
+        ResolvedConnection::from_values(
             "ghl-main",
             "ghl",
             &[
-                ("base_url", g.base_url(), false),
-                ("token", sandbox::GHL_TOKEN.into(), true),
-                ("location_id", sandbox::LOCATION.into(), false),
+                ("base_url", &g.base_url(), false),
+                ("token", sandbox::GHL_TOKEN, true),
+                ("location_id", sandbox::LOCATION, false),
             ],
         ),
-        conn(
+        ResolvedConnection::from_values(
             "sendpulse-main",
             "sendpulse",
             &[
-                ("base_url", s.base_url(), false),
-                ("client_id", sandbox::SP_CLIENT_ID.into(), false),
-                ("client_secret", sandbox::SP_CLIENT_SECRET.into(), true),
-                ("webhook_token", sandbox::WEBHOOK_TOKEN.into(), true),
+                ("base_url", &s.base_url(), false),
+                ("client_id", sandbox::SP_CLIENT_ID, false),
+                ("client_secret", sandbox::SP_CLIENT_SECRET, true),
+                ("webhook_token", sandbox::WEBHOOK_TOKEN, true),
             ],
         ),
     ];
@@ -140,17 +119,10 @@ async fn start_sandbox() -> std::io::Result<(
 }
 
 async fn run_async(args: RunArgs) -> i32 {
-    let (catalog, diags) = match load_catalog(args.catalog.as_ref()) {
+    let catalog = match catalog_or_exit(args.catalog.as_ref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
-    if !diags.is_empty() {
-        print_diags(&diags, Format::Human);
-        return EXIT_USAGE;
-    }
     // Keeps the sandbox emulators alive as long as the engine.
     let mut _emulators = None;
     let (resolved, decls) = if args.sandbox {
@@ -190,22 +162,9 @@ async fn run_async(args: RunArgs) -> i32 {
         match &args.connections {
             None => (Vec::new(), None),
             Some(path) => {
-                let text = match std::fs::read_to_string(path) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!(
-                            "error: cannot read connections file {}: {e}",
-                            path.display()
-                        );
-                        return EXIT_USAGE;
-                    }
-                };
-                let decls = match Connections::parse(&path.display().to_string(), &text, &catalog) {
+                let decls = match connections_or_exit(path, &catalog) {
                     Ok(c) => c,
-                    Err(d) => {
-                        print_diags(&d, Format::Human);
-                        return EXIT_USAGE;
-                    }
+                    Err(code) => return code,
                 };
                 let mut out = Vec::new();
                 for c in decls.by_name.values() {

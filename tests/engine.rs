@@ -8,11 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use patchbay::catalog::Catalog;
-use patchbay::connections::{FieldValue, ResolvedConnection};
+use patchbay::connections::ResolvedConnection;
 use patchbay::connectors::Runtime;
 use patchbay::emulator::{ghl, sendpulse};
 use patchbay::recipe::load::load_texts;
-use patchbay::secret::Secret;
 use patchbay::service::{RecipeSet, Service};
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
@@ -76,25 +75,11 @@ impl Engine {
 }
 
 fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> ResolvedConnection {
-    ResolvedConnection {
-        name: name.into(),
-        connector: connector.into(),
-        fields: fields
-            .iter()
-            .map(|(k, v, s)| {
-                (
-                    k.to_string(),
-                    if *s {
-                        FieldValue::Secret(Secret::new(v.as_str()))
-                    } else {
-                        FieldValue::Plain(v.clone())
-                    },
-                )
-            })
-            .collect(),
-        rate_limits: None,
-        concurrency: None,
-    }
+    let borrowed: Vec<(&str, &str, bool)> = fields
+        .iter()
+        .map(|(k, v, s)| (*k, v.as_str(), *s))
+        .collect();
+    ResolvedConnection::from_values(name, connector, &borrowed)
 }
 
 fn conns(g: &ghl::GhlEmulator, s: &sendpulse::SendPulseEmulator) -> Vec<ResolvedConnection> {

@@ -7,34 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use patchbay::catalog::{Catalog, ErrorKind};
-use patchbay::connections::{FieldValue, ResolvedConnection};
+use patchbay::connections::ResolvedConnection;
 use patchbay::connectors::native::MemoryStore;
 use patchbay::connectors::Runtime;
 use patchbay::emulator::{ghl, sendpulse, Fault};
 use patchbay::engine::{self, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
 use patchbay::recipe::load::load_texts;
 use patchbay::recipe::validate::ValidRecipe;
-use patchbay::secret::Secret;
 use serde_json::{json, Value};
 
 fn conn(name: &str, connector: &str, fields: &[(&str, &str, bool)]) -> ResolvedConnection {
-    ResolvedConnection {
-        name: name.into(),
-        connector: connector.into(),
-        fields: fields
-            .iter()
-            .map(|(k, v, secret)| {
-                let v = if *secret {
-                    FieldValue::Secret(Secret::new(*v))
-                } else {
-                    FieldValue::Plain(v.to_string())
-                };
-                (k.to_string(), v)
-            })
-            .collect(),
-        rate_limits: None,
-        concurrency: None,
-    }
+    ResolvedConnection::from_values(name, connector, fields)
 }
 
 fn ghl_conn(e: &ghl::GhlEmulator) -> ResolvedConnection {
