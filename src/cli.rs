@@ -147,6 +147,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List recent webhook deliveries, accepted and rejected.
+    Deliveries {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Store URL.
+        #[arg(long, default_value = "sqlite://patchbay.db")]
+        store: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue failed runs again, on the recipe version now in the folder.
     Replay {
         /// A run id.
@@ -267,6 +279,7 @@ pub fn main() -> i32 {
             store,
             json,
         } => crate::ops::runs(Vec::new(), recipe, Some("failed".into()), &store, json),
+        Command::Deliveries { limit, store, json } => crate::ops::deliveries(limit, &store, json),
         Command::Replay {
             id,
             all_failed,

@@ -145,6 +145,47 @@ async fn show_run(s: &SqliteStore, id: &str, json: bool) -> i32 {
     EXIT_OK
 }
 
+/// `patchbay deliveries`: recent deliveries with their answer.
+pub fn deliveries(limit: u32, store: &str, json: bool) -> i32 {
+    block_on(async move {
+        let s = match SqliteStore::open(store).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot open the store {store}: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        let list = match s.deliveries(limit).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("deliveries serialize")
+            );
+            return EXIT_OK;
+        }
+        for d in &list {
+            println!(
+                "{}  {:<20} {}  {} event(s)  {}",
+                d.received_at.format("%Y-%m-%d %H:%M:%S"),
+                d.connection,
+                d.status,
+                d.events,
+                d.outcome
+            );
+        }
+        if list.is_empty() {
+            println!("no deliveries");
+        }
+        EXIT_OK
+    })
+}
+
 /// `patchbay replay ID|--all-failed [--recipe R]`.
 pub fn replay(
     id: Option<String>,

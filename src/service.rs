@@ -125,6 +125,7 @@ impl Service {
             let rendered = Template::compile(t).ok()?.render(&ctx).ok()?;
             let s = match rendered {
                 Value::String(s) => s,
+                Value::Null => return None,
                 other => other.to_string(),
             };
             (!s.is_empty()).then_some(s)

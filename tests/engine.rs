@@ -481,3 +481,153 @@ async fn failed_runs_are_dead_letters_and_replay_runs_them_again() {
     assert_eq!(e.runs(RunState::Replayed).await.len(), 1);
     e.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn highlevel_deliveries_are_verified_and_deduplicated_on_webhook_id() {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use ed25519_dalek::{Signer, SigningKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let spki = b64.encode(key.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let mut cs = conns(&g, &s);
+    cs[0] = ResolvedConnection::from_values(
+        "ghl-main",
+        "ghl",
+        &[
+            ("base_url", &g.base_url(), false),
+            ("token", &g.config().token, true),
+            ("location_id", &g.config().location_id, false),
+            ("webhook_public_key", &spki, false),
+        ],
+    );
+    let recipe = r#"
+recipe: ghl-contact
+trigger: { on: ghl.contact.created }
+steps:
+  - id: keep
+    action: store.put
+    with: { namespace: ghl, key: "{{ event.id }}", value: "{{ event.email }}" }
+"#;
+    let e = start(&[recipe], cs, &temp_db("ghl"), 2).await;
+    let body = |id: &str, webhook: &str, at: &str| {
+        json!({"type": "ContactCreate", "locationId": g.config().location_id, "id": id, "email": format!("{id}@example.com"),
+               "dateAdded": "2026-11-27T10:00:00.000Z", "timestamp": at, "webhookId": webhook})
+        .to_string()
+    };
+    let send = |body: String, sig: String| {
+        let url = e.url("/hooks/ghl-main");
+        async move {
+            let r = client()
+                .post(url)
+                .header("x-ghl-signature", sig)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    let b1 = body("c1", "wh-1", &now);
+    let sig1 = b64.encode(key.sign(b1.as_bytes()).to_bytes());
+    let (st, r) = send(b1.clone(), sig1.clone()).await;
+    assert_eq!((st, r["runs"].as_u64()), (200, Some(1)), "{r}");
+    // HighLevel redelivers the same webhookId: no second run.
+    let (st, r) = send(b1.clone(), sig1).await;
+    assert_eq!((st, r["duplicates"].as_u64()), (200, Some(1)), "{r}");
+    // A different contact with another webhookId runs.
+    let b2 = body("c2", "wh-2", &now);
+    let (st, r) = send(b2.clone(), b64.encode(key.sign(b2.as_bytes()).to_bytes())).await;
+    assert_eq!((st, r["runs"].as_u64()), (200, Some(1)), "{r}");
+    // A body signed by someone else, or changed after signing, is refused.
+    let other = SigningKey::from_bytes(&[7u8; 32]);
+    let (st, r) = send(b2.clone(), b64.encode(other.sign(b2.as_bytes()).to_bytes())).await;
+    assert_eq!(
+        (st, r["error"].as_str()),
+        (401, Some("Ed25519 signature does not match the body"))
+    );
+    let stale = body("c3", "wh-3", "2026-01-01T00:00:00Z");
+    let (st, r) = send(
+        stale.clone(),
+        b64.encode(key.sign(stale.as_bytes()).to_bytes()),
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert!(
+        r["error"].as_str().unwrap().starts_with("delivery too old"),
+        "{r}"
+    );
+    e.settle().await;
+    assert_eq!(e.runs(RunState::Completed).await.len(), 2);
+    assert_eq!(
+        e.svc.store.get("ghl", "c2").await.unwrap(),
+        Some(json!("c2@example.com"))
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_commands_read_the_store_of_a_running_engine() {
+    let (g, s) = (
+        ghl::start(Default::default()).await.unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    g.control().inject(
+        patchbay::emulator::Fault::Status(
+            400,
+            json!({"statusCode": 400, "message": "Bad Request"}),
+        ),
+        1,
+    );
+    let db = temp_db("ops");
+    let e = start(&[SUBSCRIBER], conns(&g, &s), &db, 2).await;
+    let hook = format!("/hooks/sendpulse-main?token={TOKEN}");
+    post(&e, &hook, &delivery(&["fails@example.com"])).await;
+    post(&e, &hook, &delivery(&["works@example.com"])).await;
+    post(
+        &e,
+        "/hooks/sendpulse-main?token=bad",
+        &delivery(&["x@example.com"]),
+    )
+    .await;
+    e.settle().await;
+    let store = format!("sqlite://{}", db.display());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"))
+            .args(args)
+            .args(["--store", &store])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = cli(&["runs"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (_, dead) = cli(&["dead-letters"]);
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert!(
+        dead.contains("step `contact`: bad_request Bad Request"),
+        "{dead}"
+    );
+    let id = dead.split_whitespace().next().unwrap().to_string();
+    let (code, show) = cli(&["runs", "show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(
+        show.contains("contact (ghl.contacts.upsert) Failed"),
+        "{show}"
+    );
+    let (_, deliveries) = cli(&["deliveries"]);
+    assert!(deliveries.contains("401"), "{deliveries}");
+    assert!(deliveries.contains("wrong token"), "{deliveries}");
+    assert!(!deliveries.contains(TOKEN));
+    e.shutdown().await;
+}
