@@ -110,7 +110,8 @@ pub struct RunReport {
 }
 
 /// Receives every finished top-level step (with the fallback steps it ran)
-/// before the next one starts.
+/// before the next one starts. The step that ends a run is not sent here:
+/// it is in the [`RunReport`], which the caller persists as the run's end.
 pub trait CheckpointSink: Send + Sync {
     /// Persists finished steps of a run.
     fn checkpoint<'a>(
@@ -210,7 +211,7 @@ pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSi
         state.record(r);
         report.steps.push(r.clone());
     }
-    for step in &recipe.steps {
+    for (i, step) in recipe.steps.iter().enumerate() {
         if req
             .resume
             .iter()
@@ -226,8 +227,13 @@ pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSi
             report.error = rec.error.clone();
         }
         records.push(rec);
-        if let Err(e) = sink.checkpoint(req.run_id, &records).await {
-            tracing::error!(run = req.run_id, error = %e, "checkpoint failed");
+        // The step that ends the run is persisted with the run's end (one
+        // write instead of two); every other step before the next starts.
+        let ends_run = failed || i + 1 == recipe.steps.len();
+        if !ends_run {
+            if let Err(e) = sink.checkpoint(req.run_id, &records).await {
+                tracing::error!(run = req.run_id, error = %e, "checkpoint failed");
+            }
         }
         report.steps.extend(records);
         if failed {

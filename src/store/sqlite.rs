@@ -75,6 +75,8 @@ enum Job {
     },
     Finish {
         run_id: String,
+        /// Every step record of the run; those not yet checkpointed are stored.
+        records: Vec<String>,
         status: RunState,
         failed_step: Option<String>,
         error: Option<String>,
@@ -316,23 +318,15 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, job: Job, now: i64) -> Answer {
         } => Answer::Unit(reply, checkpoint(tx, &run_id, &records, lease, now).await),
         Job::Finish {
             run_id,
+            records,
             status,
             failed_step,
             error,
             reply,
-        } => {
-            let r = sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(failed_step)
-                .bind(error)
-                .bind(now)
-                .bind(run_id)
-                .execute(&mut **tx)
-                .await
-                .map(|_| ())
-                .map_err(StoreError::from);
-            Answer::Unit(reply, r)
-        }
+        } => Answer::Unit(
+            reply,
+            finish(tx, &run_id, &records, status, failed_step, error, now).await,
+        ),
     }
 }
 
@@ -474,6 +468,40 @@ async fn claim_queued(
         started_at: to_time(row.try_get("started_at")?),
         done,
     }))
+}
+
+/// Stores the step records not yet checkpointed and ends the run.
+async fn finish(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: &str,
+    records: &[String],
+    status: RunState,
+    failed_step: Option<String>,
+    error: Option<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM steps WHERE run_id = ?")
+        .bind(run_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    for (i, r) in records.iter().enumerate().skip(stored as usize) {
+        sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
+            .bind(run_id)
+            .bind(i as i64)
+            .bind(r)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
+        .bind(status.as_str())
+        .bind(failed_step)
+        .bind(error)
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn checkpoint(
@@ -648,6 +676,11 @@ impl Store for SqliteStore {
             let (reply, rx) = oneshot::channel();
             let job = Job::Finish {
                 run_id: report.run_id.clone(),
+                records: report
+                    .steps
+                    .iter()
+                    .map(|r| serde_json::to_string(r).expect("records serialize"))
+                    .collect(),
                 status,
                 failed_step: report.failed_step.clone(),
                 error: report
