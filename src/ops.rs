@@ -18,6 +18,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// The store, or the exit code after saying why it cannot be opened.
+async fn open(store: &str) -> Result<SqliteStore, i32> {
+    SqliteStore::open(store).await.map_err(|e| {
+        eprintln!("error: cannot open the store {store}: {e}");
+        EXIT_USAGE
+    })
+}
+
 /// `patchbay runs [show ID]` and `patchbay dead-letters`.
 pub fn runs(
     show: Vec<String>,
@@ -27,12 +35,9 @@ pub fn runs(
     json: bool,
 ) -> i32 {
     block_on(async move {
-        let s = match SqliteStore::open(store).await {
+        let s = match open(store).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot open the store {store}: {e}");
-                return EXIT_USAGE;
-            }
+            Err(code) => return code,
         };
         match show.as_slice() {
             [] => {}
@@ -148,12 +153,9 @@ async fn show_run(s: &SqliteStore, id: &str, json: bool) -> i32 {
 /// `patchbay deliveries`: recent deliveries with their answer.
 pub fn deliveries(limit: u32, store: &str, json: bool) -> i32 {
     block_on(async move {
-        let s = match SqliteStore::open(store).await {
+        let s = match open(store).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot open the store {store}: {e}");
-                return EXIT_USAGE;
-            }
+            Err(code) => return code,
         };
         let list = match s.deliveries(limit).await {
             Ok(l) => l,
@@ -207,12 +209,9 @@ pub fn replay(
         }
     };
     block_on(async move {
-        let s = match SqliteStore::open(store).await {
+        let s = match open(store).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot open the store {store}: {e}");
-                return EXIT_USAGE;
-            }
+            Err(code) => return code,
         };
         let targets = match id {
             Some(id) => match s.run(&id).await {
