@@ -253,7 +253,9 @@ fn dry_run_requests(out: &mut String, runtime: &Runtime) {
         for (k, v) in &p.headers {
             let _ = writeln!(out, "{k}: {v}");
         }
-        let _ = writeln!(out, "authorization: *** (from the connection, redacted)");
+        if p.authenticated {
+            let _ = writeln!(out, "authorization: *** (from the connection, redacted)");
+        }
         if let Some(b) = &p.body {
             let _ = writeln!(
                 out,

@@ -672,6 +672,7 @@ fn http_prepared(conn: Option<&Conn>, input: &Map<String, Value>) -> Prepared {
         query: pairs(input.get("query")),
         headers: pairs(input.get("headers")),
         body: input.get("body").cloned().filter(|b| !b.is_null()),
+        authenticated: false,
     }
 }
 

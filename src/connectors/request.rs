@@ -31,6 +31,8 @@ pub struct Prepared {
     pub headers: Vec<(String, String)>,
     /// JSON body.
     pub body: Option<Value>,
+    /// Whether the connection's credentials are added when it is sent.
+    pub authenticated: bool,
 }
 
 fn invalid(op: &OpRef, msg: String) -> StepError {
@@ -193,6 +195,7 @@ pub fn prepare(
         query,
         headers,
         body,
+        authenticated: !matches!(op.connector().auth, crate::catalog::Auth::None),
     })
 }
 
