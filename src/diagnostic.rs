@@ -70,11 +70,6 @@ impl Diagnostic {
         self
     }
 
-    /// The position.
-    pub fn pos(&self) -> Pos {
-        Pos::new(self.line, self.column)
-    }
-
     /// `file:line:col: error[code]: message; suggestion` on one line.
     pub fn one_line(&self) -> String {
         let sev = match self.severity {

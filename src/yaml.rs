@@ -565,14 +565,6 @@ impl LineIndex {
     }
 }
 
-/// The byte offset of a char offset in `s` (clamped to its length).
-pub fn char_to_byte(s: &str, chars: usize) -> usize {
-    s.char_indices()
-        .nth(chars)
-        .map(|(b, _)| b)
-        .unwrap_or(s.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,8 +53,6 @@ struct Cached {
 #[derive(Debug, Default)]
 pub struct AuthState {
     cached: Mutex<Option<Cached>>,
-    /// How many tokens were fetched or refreshed (for tests and metrics).
-    fetches: std::sync::atomic::AtomicUsize,
 }
 
 /// What a request needs to authenticate.
@@ -72,11 +70,6 @@ pub struct AuthContext<'a> {
 }
 
 impl AuthState {
-    /// Tokens fetched or refreshed so far.
-    pub fn fetches(&self) -> usize {
-        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// The header to send, or none. Fetches a token when none is cached or
     /// it is about to expire; concurrent callers wait for one fetch.
     pub async fn header(
@@ -246,8 +239,6 @@ impl AuthState {
         encoding: Encoding,
         params: &[(&str, &str)],
     ) -> Result<Value, StepError> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let url = if url.starts_with("http://") || url.starts_with("https://") {
             url.to_string()
         } else {

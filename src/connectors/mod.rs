@@ -190,14 +190,6 @@ impl Runtime {
         &self.catalog
     }
 
-    /// Tokens fetched or refreshed by a connection so far.
-    pub fn token_fetches(&self, connection: &str) -> usize {
-        self.conns
-            .get(connection)
-            .map(|c| c.auth.fetches())
-            .unwrap_or(0)
-    }
-
     /// The connection a step uses: the named one, or the only one of the
     /// operation's connector.
     fn conn_for(&self, op: &OpRef, name: Option<&str>) -> Result<Option<Arc<Conn>>, StepError> {

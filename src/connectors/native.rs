@@ -43,23 +43,6 @@ pub struct MemoryStore {
     tokens: Mutex<HashMap<String, StoredTokens>>,
 }
 
-impl MemoryStore {
-    /// Every live link, for assertions: `((namespace, key), value)`.
-    pub fn links(&self) -> Vec<((String, String), Value)> {
-        let now = Instant::now();
-        let mut v: Vec<_> = self
-            .links
-            .lock()
-            .expect("store lock")
-            .iter()
-            .filter(|(_, (_, exp))| exp.is_none_or(|e| e > now))
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-}
-
 impl LinkStore for MemoryStore {
     fn put<'a>(
         &'a self,

@@ -178,11 +178,6 @@ impl Emulator {
         format!("http://{}", self.addr)
     }
 
-    /// The listening address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Fault injection, latency, rate limit and recorded requests.
     pub fn control(&self) -> &Arc<Control> {
         &self.control
