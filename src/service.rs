@@ -122,7 +122,7 @@ impl Service {
         let ctx = template::to_value(&serde_json::json!({ "event": payload }));
         let key = |t: &Option<String>| -> Option<String> {
             let t = t.as_ref()?;
-            let rendered = Template::compile(t).ok()?.render(&ctx).ok()?;
+            let rendered = compiled_key(t)?.render(&ctx).ok()?;
             let s = match rendered {
                 Value::String(s) => s,
                 Value::Null => return None,
@@ -436,6 +436,18 @@ impl Service {
         }
         Ok(n)
     }
+}
+
+/// A catalog key template (dedupe, ordering), compiled once per process:
+/// they are few, and rendering them is on the ingest path.
+fn compiled_key(source: &str) -> Option<Template> {
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Option<Template>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().expect("template cache lock");
+    cache
+        .entry(source.to_string())
+        .or_insert_with(|| Template::compile(source).ok())
+        .clone()
 }
 
 /// The cursor as the list call wants it (`%Y-%m-%d %H:%M` for SendPulse).

@@ -298,6 +298,12 @@ impl Runtime {
         if let (Some(l), Some(size)) = (&p.limit_input, page_size) {
             input.entry(l.clone()).or_insert(Value::from(size));
         }
+        // The catalog checked these paths at load; compile them once per call.
+        let cursor_paths: Vec<(String, JsonPath)> = p
+            .cursor
+            .iter()
+            .filter_map(|(name, path)| jsonpath::compile(path).ok().map(|jp| (name.clone(), jp)))
+            .collect();
         let mut all = Vec::new();
         let mut attempts = 0;
         let mut offset = p
@@ -340,8 +346,8 @@ impl Runtime {
                 PageStyle::Page => page += 1,
                 PageStyle::Cursor => {
                     let mut advanced = false;
-                    for (name, path) in &p.cursor {
-                        match jsonpath::compile(path).ok().and_then(|jp| jp.first(&body)) {
+                    for (name, path) in &cursor_paths {
+                        match path.first(&body) {
                             Some(v) if !v.is_null() => {
                                 advanced = true;
                                 input.insert(name.clone(), v);
