@@ -81,42 +81,7 @@ enum Command {
         format: CatalogFormat,
     },
     /// Run the engine: webhooks, polls, schedules and workers over the store.
-    Run {
-        /// Recipe folder.
-        #[arg(long, default_value = "recipes")]
-        recipes: PathBuf,
-        /// Connections file.
-        #[arg(long)]
-        connections: Option<PathBuf>,
-        /// Extra connector files.
-        #[arg(long)]
-        catalog: Option<PathBuf>,
-        /// Store URL.
-        #[arg(long, default_value = "sqlite://patchbay.db")]
-        store: String,
-        /// Address of the webhook and health endpoints.
-        #[arg(long, default_value = "127.0.0.1:8787")]
-        listen: std::net::SocketAddr,
-        /// Runs executed at once.
-        #[arg(long, default_value_t = 8)]
-        workers: usize,
-        /// Start the HighLevel and SendPulse emulators and use them.
-        #[arg(long)]
-        sandbox: bool,
-        /// Largest webhook body in bytes.
-        #[arg(long, default_value_t = 1024 * 1024)]
-        body_limit: usize,
-        /// Finished runs older than this are deleted (`7d`, `12h`).
-        #[arg(long, default_value = "7d")]
-        retention: String,
-        /// Time in-flight steps get to finish at shutdown.
-        #[arg(long, default_value = "10s")]
-        grace: String,
-        /// How long a run's claim lasts without progress; a crashed
-        /// process's runs are resumed once it expires.
-        #[arg(long, default_value = "60s")]
-        lease: String,
-    },
+    Run(crate::run::RunArgs),
     /// List runs in the store (`runs show ID` for one run with its steps).
     Runs {
         /// `show ID` to show one run.
@@ -231,42 +196,7 @@ pub fn main() -> i32 {
             dry_run,
             json: format == CatalogFormat::Json,
         }),
-        Command::Run {
-            recipes,
-            connections,
-            catalog,
-            store,
-            listen,
-            workers,
-            sandbox,
-            body_limit,
-            retention,
-            grace,
-            lease,
-        } => {
-            let parse = crate::duration::parse_duration;
-            let (Ok(retention), Ok(grace), Ok(lease)) =
-                (parse(&retention), parse(&grace), parse(&lease))
-            else {
-                eprintln!(
-                    "error: --retention, --grace and --lease take durations such as `7d` or `10s`"
-                );
-                return EXIT_USAGE;
-            };
-            crate::run::run(crate::run::RunArgs {
-                recipes,
-                connections,
-                catalog,
-                store,
-                listen,
-                workers,
-                sandbox,
-                body_limit,
-                retention,
-                grace,
-                lease,
-            })
-        }
+        Command::Run(args) => crate::run::run(args),
         Command::Runs {
             show,
             recipe,

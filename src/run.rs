@@ -21,29 +21,41 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 /// Arguments of `run`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Recipe folder.
+    #[arg(long, default_value = "recipes")]
     pub recipes: PathBuf,
     /// Connections file.
+    #[arg(long)]
     pub connections: Option<PathBuf>,
     /// Extra connector files.
+    #[arg(long)]
     pub catalog: Option<PathBuf>,
     /// Store URL.
+    #[arg(long, default_value = "sqlite://patchbay.db")]
     pub store: String,
-    /// HTTP listen address.
+    /// Address of the webhook and health endpoints.
+    #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
-    /// Worker count.
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 8)]
     pub workers: usize,
-    /// Start the emulators and point connections at them.
+    /// Start the HighLevel and SendPulse emulators and use them.
+    #[arg(long)]
     pub sandbox: bool,
-    /// Largest webhook body.
+    /// Largest webhook body in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub body_limit: usize,
-    /// Finished runs older than this are pruned.
+    /// Finished runs older than this are deleted (`7d`, `12h`).
+    #[arg(long, default_value = "7d", value_parser = crate::duration::parse_duration)]
     pub retention: Duration,
-    /// How long in-flight steps may take to finish at shutdown.
+    /// Time in-flight steps get to finish at shutdown.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub grace: Duration,
-    /// Run claim lease.
+    /// How long a run's claim lasts without progress; a crashed process's
+    /// runs are resumed once it expires.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub lease: Duration,
 }
 
