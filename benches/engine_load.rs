@@ -118,7 +118,9 @@ async fn queued(store: &SqliteStore) -> usize {
 
 /// Starts the release engine on a fresh store; its guard, port and pid.
 fn spawn_engine(dir: &Path) -> (Killed, u16, u32) {
-    let _ = std::fs::remove_file(dir.join("store.db"));
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args([

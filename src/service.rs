@@ -183,9 +183,13 @@ impl Service {
             if *stop.borrow() {
                 return;
             }
-            match self.store.claim(&name, self.lease).await {
-                Ok(Some(run)) => self.execute(run).await,
-                Ok(None) => {
+            match self.store.claim(&name, self.lease, 1).await {
+                Ok(runs) if !runs.is_empty() => {
+                    for run in runs {
+                        self.execute(run).await;
+                    }
+                }
+                Ok(_) => {
                     tokio::select! {
                         _ = self.work.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}

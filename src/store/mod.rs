@@ -6,6 +6,7 @@
 //! process can take over a crashed one's work.
 
 pub mod sqlite;
+mod writer;
 
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub enum StoreError {
     /// The database answered with an error.
     #[error("store: {0}")]
     Db(#[from] sqlx::Error),
+    /// The embedded database's writer answered with an error.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A value in the store does not parse.
     #[error("store: corrupt value in {what}: {detail}")]
     Corrupt {
@@ -32,7 +36,7 @@ pub enum StoreError {
         detail: String,
     },
     /// The store URL is not one patchbay knows.
-    #[error("store URL `{0}` is not supported: use `sqlite://FILE`")]
+    #[error("store URL `{0}` is not supported: use `sqlite://FILE` (a file: an in-memory store would lose accepted events)")]
     Url(String),
 }
 
@@ -202,13 +206,14 @@ pub trait Store: LinkStore + TokenStore + Send + Sync {
     ) -> BoxFut<'_, Result<Ingested, StoreError>>;
     /// Records a rejected delivery.
     fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>>;
-    /// Takes the oldest claimable run (queued, or running with an expired
-    /// lease) whose ordering key has no earlier unfinished run.
+    /// Takes up to `max` of the oldest claimable runs (queued, or running
+    /// with an expired lease) whose ordering key has no earlier unfinished run.
     fn claim<'a>(
         &'a self,
         worker: &'a str,
         lease: Duration,
-    ) -> BoxFut<'a, Result<Option<ClaimedRun>, StoreError>>;
+        max: usize,
+    ) -> BoxFut<'a, Result<Vec<ClaimedRun>, StoreError>>;
     /// Persists finished steps of a run and extends its lease.
     fn checkpoint<'a>(
         &'a self,

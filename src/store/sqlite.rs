@@ -11,9 +11,10 @@ use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use super::writer::{self, Job};
 use super::{
     ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store, StoreError,
 };
@@ -49,99 +50,25 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);",
 ];
 
-/// Most writes in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// A write for the writer task. Every write goes through one connection
-/// in batched transactions: SQLite has one writer at a time, and letting
-/// several connections compete makes them sleep in the busy handler.
-enum Job {
-    Ingest {
-        delivery: Option<Delivery>,
-        events: Vec<NewEvent>,
-        cursor: Option<(String, String)>,
-        reply: oneshot::Sender<Result<Ingested, StoreError>>,
-    },
-    Claim {
-        worker: String,
-        lease: Duration,
-        reply: oneshot::Sender<Result<Option<ClaimedRun>, StoreError>>,
-    },
-    Checkpoint {
-        run_id: String,
-        records: Vec<String>,
-        lease: Duration,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Finish {
-        run_id: String,
-        /// Every step record of the run; those not yet checkpointed are stored.
-        records: Vec<String>,
-        status: RunState,
-        failed_step: Option<String>,
-        error: Option<String>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-}
-
-/// A job's answer, sent only after its transaction committed.
-enum Answer {
-    Ingest(
-        oneshot::Sender<Result<Ingested, StoreError>>,
-        Result<Ingested, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Option<ClaimedRun>, StoreError>>,
-        Result<Option<ClaimedRun>, StoreError>,
-    ),
-    Unit(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-}
-
-impl Answer {
-    fn send(self) {
-        match self {
-            Answer::Ingest(r, v) => drop(r.send(v)),
-            Answer::Claim(r, v) => drop(r.send(v)),
-            Answer::Unit(r, v) => drop(r.send(v)),
-        }
-    }
-
-    /// The commit failed: every job of the batch fails.
-    fn fail(self, msg: &str) {
-        let e = || StoreError::Corrupt {
-            what: "write",
-            detail: msg.to_string(),
-        };
-        match self {
-            Answer::Ingest(r, _) => drop(r.send(Err(e()))),
-            Answer::Claim(r, _) => drop(r.send(Err(e()))),
-            Answer::Unit(r, _) => drop(r.send(Err(e()))),
-        }
-    }
-}
-
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: mpsc::Sender<Job>,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn to_time(ms: i64) -> DateTime<Utc> {
+pub(super) fn to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `sqlite://FILE` or `sqlite::memory:` and
-    /// migrates it.
+    /// Opens (creating if needed) `sqlite://FILE` and migrates it.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
-        if !url.starts_with("sqlite:") {
+        // An in-memory database would lose every accepted event.
+        if !url.starts_with("sqlite:") || url.contains(":memory:") {
             return Err(StoreError::Url(url.to_string()));
         }
         let opts = SqliteConnectOptions::from_str(url)?
@@ -149,33 +76,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let memory = url.contains(":memory:");
-        // Run-state writes (claims, checkpoints, ends) use synchronous=NORMAL:
-        // in WAL mode they survive a process crash, and one lost to a power
-        // cut only repeats a step. Accepting events is what must never be
-        // lost, so the group-commit writer uses FULL (an fsync per batch).
+        // Reads (operations commands, links, tokens) use a small pool with
+        // synchronous=NORMAL; the hot-path writes go through the writer
+        // thread's own connection with FULL (store/writer.rs).
         let pool = SqlitePoolOptions::new()
-            // An in-memory database exists once per connection.
-            .max_connections(if memory { 1 } else { 4 })
+            .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts.clone().synchronous(if memory {
-                SqliteSynchronous::Full
-            } else {
-                SqliteSynchronous::Normal
-            }))
+            .connect_with(opts.clone().synchronous(SqliteSynchronous::Normal))
             .await?;
         migrate(&pool).await?;
-        let accept = if memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts.synchronous(SqliteSynchronous::Full))
-                .await?
-        };
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(accept, rx));
+        let tx = writer::start(opts.get_filename())?;
         Ok(SqliteStore { pool, writer: tx })
     }
 
@@ -237,336 +147,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The writer task: takes every waiting write, applies them in one
-/// transaction (group commit), and answers each after the commit.
-async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
-    let mut last_reap = 0i64;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => tx,
-            Err(e) => {
-                let msg = e.to_string();
-                for j in jobs {
-                    answer_of(
-                        j,
-                        StoreError::Corrupt {
-                            what: "write",
-                            detail: msg.clone(),
-                        },
-                    )
-                    .send();
-                }
-                continue;
-            }
-        };
-        let now = now_ms();
-        // Runs whose lease expired (their process died) are queued again.
-        if now - last_reap > 500 {
-            last_reap = now;
-            let _ = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status = 'running' AND lease_until < ?")
-                .bind(now)
-                .execute(&mut *tx)
-                .await;
-        }
-        let mut answers = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            answers.push(apply(&mut tx, job, now).await);
-        }
-        match tx.commit().await {
-            Ok(()) => answers.into_iter().for_each(Answer::send),
-            Err(e) => {
-                let msg = e.to_string();
-                answers.into_iter().for_each(|a| a.fail(&msg));
-            }
-        }
-    }
-}
-
-fn answer_of(job: Job, e: StoreError) -> Answer {
-    match job {
-        Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
-        Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
-        Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } => Answer::Unit(reply, Err(e)),
-    }
-}
-
-async fn apply(tx: &mut Transaction<'_, Sqlite>, job: Job, now: i64) -> Answer {
-    match job {
-        Job::Ingest {
-            delivery,
-            events,
-            cursor,
-            reply,
-        } => Answer::Ingest(reply, ingest(tx, delivery, &events, cursor, now).await),
-        Job::Claim {
-            worker,
-            lease,
-            reply,
-        } => Answer::Claim(reply, claim(tx, &worker, lease, now).await),
-        Job::Checkpoint {
-            run_id,
-            records,
-            lease,
-            reply,
-        } => Answer::Unit(reply, checkpoint(tx, &run_id, &records, lease, now).await),
-        Job::Finish {
-            run_id,
-            records,
-            status,
-            failed_step,
-            error,
-            reply,
-        } => Answer::Unit(
-            reply,
-            finish(tx, &run_id, &records, status, failed_step, error, now).await,
-        ),
-    }
-}
-
-async fn ingest(
-    tx: &mut Transaction<'_, Sqlite>,
-    delivery: Option<Delivery>,
-    events: &[NewEvent],
-    cursor: Option<(String, String)>,
-    now: i64,
-) -> Result<Ingested, StoreError> {
-    let mut c = Ingested::default();
-    let mut seq: Option<i64> = None;
-    for ev in events {
-        if let Some(key) = &ev.dedupe_key {
-            let fresh = sqlx::query("INSERT INTO dedupe (key, expires_at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?")
-                .bind(key)
-                .bind(now + DEDUPE_WINDOW.as_millis() as i64)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            if fresh == 0 {
-                c.duplicates += 1;
-                continue;
-            }
-        }
-        insert_event(tx, ev, now).await?;
-        c.events += 1;
-        for run in &ev.runs {
-            let next = match seq {
-                Some(s) => s + 1,
-                None => sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM runs")
-                    .fetch_one(&mut **tx)
-                    .await?
-                    .try_get("s")?,
-            };
-            seq = Some(next);
-            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
-                .bind(&run.id)
-                .bind(next)
-                .bind(&ev.id)
-                .bind(&run.recipe)
-                .bind(&run.recipe_version)
-                .bind(&run.ordering_key)
-                .bind(now)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            c.runs += 1;
-        }
-    }
-    if let Some(d) = &delivery {
-        insert_delivery(tx, d).await?;
-    }
-    if let Some((name, value)) = &cursor {
-        sqlx::query("INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
-            .bind(name)
-            .bind(value)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(c)
-}
-
-async fn claim(
-    tx: &mut Transaction<'_, Sqlite>,
-    worker: &str,
-    lease: Duration,
-    now: i64,
-) -> Result<Option<ClaimedRun>, StoreError> {
-    if let Some(run) = claim_queued(tx, worker, lease, now).await? {
-        return Ok(Some(run));
-    }
-    // Nothing queued: take back runs whose process died, then try again.
-    let reaped = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status = 'running' AND lease_until < ?")
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if reaped == 0 {
-        return Ok(None);
-    }
-    claim_queued(tx, worker, lease, now).await
-}
-
-async fn claim_queued(
-    tx: &mut Transaction<'_, Sqlite>,
-    worker: &str,
-    lease: Duration,
-    now: i64,
-) -> Result<Option<ClaimedRun>, StoreError> {
-    // The oldest queued run whose ordering key has no earlier unfinished
-    // run; `runs_claim` and `runs_ordering` keep this an index walk.
-    let row = sqlx::query(
-        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
-                started_at = COALESCE(started_at, ?3), updated_at = ?3
-         WHERE id = (
-            SELECT r.id FROM runs r
-            WHERE r.status = 'queued'
-              AND (r.ordering_key IS NULL OR NOT EXISTS (
-                  SELECT 1 FROM runs o
-                  WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
-                    AND o.status IN ('queued', 'running')))
-            ORDER BY r.seq LIMIT 1)
-         RETURNING id, recipe, recipe_version, event_id, started_at",
-    )
-    .bind(worker)
-    .bind(now + lease.as_millis() as i64)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let id: String = row.try_get("id")?;
-    let event_id: String = row.try_get("event_id")?;
-    let payload: String = sqlx::query("SELECT payload FROM events WHERE id = ?")
-        .bind(&event_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("payload")?;
-    let steps = sqlx::query("SELECT record FROM steps WHERE run_id = ? ORDER BY idx")
-        .bind(&id)
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut done = Vec::with_capacity(steps.len());
-    for s in steps {
-        let text: String = s.try_get("record")?;
-        done.push(
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                what: "steps.record",
-                detail: e.to_string(),
-            })?,
-        );
-    }
-    Ok(Some(ClaimedRun {
-        id,
-        recipe: row.try_get("recipe")?,
-        recipe_version: row.try_get("recipe_version")?,
-        payload: parse_json("events.payload", &payload)?,
-        started_at: to_time(row.try_get("started_at")?),
-        done,
-    }))
-}
-
-/// Stores the step records not yet checkpointed and ends the run.
-async fn finish(
-    tx: &mut Transaction<'_, Sqlite>,
-    run_id: &str,
-    records: &[String],
-    status: RunState,
-    failed_step: Option<String>,
-    error: Option<String>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM steps WHERE run_id = ?")
-        .bind(run_id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("n")?;
-    for (i, r) in records.iter().enumerate().skip(stored as usize) {
-        sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
-            .bind(run_id)
-            .bind(i as i64)
-            .bind(r)
-            .execute(&mut **tx)
-            .await?;
-    }
-    sqlx::query("UPDATE runs SET status = ?, failed_step = ?, error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?")
-        .bind(status.as_str())
-        .bind(failed_step)
-        .bind(error)
-        .bind(now)
-        .bind(run_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn checkpoint(
-    tx: &mut Transaction<'_, Sqlite>,
-    run_id: &str,
-    records: &[String],
-    lease: Duration,
-    now: i64,
-) -> Result<(), StoreError> {
-    if !records.is_empty() {
-        let next: i64 =
-            sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM steps WHERE run_id = ?")
-                .bind(run_id)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("n")?;
-        for (i, r) in records.iter().enumerate() {
-            sqlx::query("INSERT INTO steps (run_id, idx, record) VALUES (?, ?, ?)")
-                .bind(run_id)
-                .bind(next + i as i64)
-                .bind(r)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    sqlx::query(
-        "UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ? AND status = 'running'",
-    )
-    .bind(now + lease.as_millis() as i64)
-    .bind(now)
-    .bind(run_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_event(
-    tx: &mut Transaction<'_, Sqlite>,
-    ev: &NewEvent,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&ev.id)
-        .bind(&ev.connection)
-        .bind(&ev.operation)
-        .bind(ev.payload.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_delivery(tx: &mut Transaction<'_, Sqlite>, d: &Delivery) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO deliveries (connection, status, outcome, events, received_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&d.connection)
-        .bind(d.status as i64)
-        .bind(&d.outcome)
-        .bind(d.events as i64)
-        .bind(d.received_at.timestamp_millis())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-fn parse_json(what: &'static str, s: &str) -> Result<Value, StoreError> {
+pub(super) fn parse_json(what: &'static str, s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
         what,
         detail: e.to_string(),
@@ -627,12 +208,14 @@ impl Store for SqliteStore {
         &'a self,
         worker: &'a str,
         lease: Duration,
-    ) -> BoxFut<'a, Result<Option<ClaimedRun>, StoreError>> {
+        max: usize,
+    ) -> BoxFut<'a, Result<Vec<ClaimedRun>, StoreError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             self.send(Job::Claim {
                 worker: worker.to_string(),
                 lease,
+                max,
                 reply,
             })
             .await?;
@@ -980,6 +563,19 @@ mod tests {
         }
     }
 
+    /// A store in a fresh file under the temp directory.
+    async fn temp_store() -> SqliteStore {
+        let path =
+            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::service::new_id()));
+        SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap()
+    }
+
+    async fn claim1(s: &SqliteStore, worker: &str, lease: Duration) -> Option<ClaimedRun> {
+        s.claim(worker, lease, 1).await.unwrap().pop()
+    }
+
     fn delivery() -> Delivery {
         Delivery {
             connection: "sp".into(),
@@ -992,7 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn duplicates_are_skipped_and_runs_are_claimed_in_order() {
-        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = temp_store().await;
         let a = s
             .ingest(
                 delivery(),
@@ -1016,18 +612,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(b.duplicates, 1);
-        let first = s
-            .claim("w1", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
+        let first = claim1(&s, "w1", Duration::from_secs(30)).await.unwrap();
         assert_eq!(first.id, "run-a");
         // Same ordering key: the second waits for the first.
-        assert!(s
-            .claim("w2", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_none());
+        assert!(claim1(&s, "w2", Duration::from_secs(30)).await.is_none());
         let report = RunReport {
             run_id: "run-a".into(),
             recipe: "r".into(),
@@ -1038,37 +626,25 @@ mod tests {
         };
         s.finish(&report).await.unwrap();
         assert_eq!(
-            s.claim("w2", Duration::from_secs(30))
-                .await
-                .unwrap()
-                .unwrap()
-                .id,
+            claim1(&s, "w2", Duration::from_secs(30)).await.unwrap().id,
             "run-b"
         );
     }
 
     #[tokio::test]
     async fn an_expired_lease_is_taken_over_with_its_checkpoints() {
-        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = temp_store().await;
         s.ingest(delivery(), vec![event("a", None, None)])
             .await
             .unwrap();
-        let c = s
-            .claim("w1", Duration::from_millis(1))
-            .await
-            .unwrap()
-            .unwrap();
+        let c = claim1(&s, "w1", Duration::from_millis(1)).await.unwrap();
         let rec: StepRecord = serde_json::from_value(json!({"id": "s1", "action": "store.put", "status": "completed", "input": {}, "output": 1,
             "error": null, "attempts": 1, "duration_ms": 1, "rescued_by": null, "fallback_of": null})).unwrap();
         s.checkpoint(&c.id, std::slice::from_ref(&rec), Duration::from_millis(1))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let again = s
-            .claim("w2", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
+        let again = claim1(&s, "w2", Duration::from_secs(30)).await.unwrap();
         assert_eq!(again.id, c.id);
         assert_eq!(again.done, vec![rec]);
         assert_eq!(again.started_at, c.started_at);
@@ -1076,15 +652,11 @@ mod tests {
 
     #[tokio::test]
     async fn failed_runs_are_dead_letters_until_replayed() {
-        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = temp_store().await;
         s.ingest(delivery(), vec![event("a", None, None)])
             .await
             .unwrap();
-        let c = s
-            .claim("w", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
+        let c = claim1(&s, "w", Duration::from_secs(30)).await.unwrap();
         let report = RunReport {
             run_id: c.id.clone(),
             recipe: "r".into(),
@@ -1107,11 +679,7 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].error.as_ref().unwrap()["message"], "nope");
         let new_id = s.replay(&c.id, "v2").await.unwrap().unwrap();
-        let again = s
-            .claim("w", Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap();
+        let again = claim1(&s, "w", Duration::from_secs(30)).await.unwrap();
         assert_eq!(
             (again.id.as_str(), again.recipe_version.as_str()),
             (new_id.as_str(), "v2")
@@ -1121,7 +689,7 @@ mod tests {
 
     #[tokio::test]
     async fn links_and_tokens_persist() {
-        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = temp_store().await;
         s.put("ns", "k", json!({"id": 1}), None).await.unwrap();
         assert_eq!(s.get("ns", "k").await.unwrap(), Some(json!({"id": 1})));
         assert!(s.delete("ns", "k").await.unwrap());
