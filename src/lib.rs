@@ -9,6 +9,7 @@ pub mod cli;
 pub mod connections;
 pub mod connectors;
 pub mod diagnostic;
+pub mod dispatch;
 pub mod duration;
 pub mod emulator;
 pub mod engine;

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::cli::{catalog_or_exit, connections_or_exit, print_diags, EXIT_OK, EXIT_USAGE};
 use crate::connections::{Connections, ResolvedConnection};
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
+use crate::dispatch::Dispatch;
 use crate::emulator::{ghl, sendpulse};
 use crate::recipe::load::load_paths;
 use crate::service::{RecipeSet, Service};
@@ -235,7 +236,7 @@ async fn run_async(args: RunArgs) -> i32 {
             .map(|c| (c.name.clone(), c))
             .collect::<HashMap<_, _>>(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
-        work: Notify::new(),
+        dispatch: Dispatch::new(args.workers.max(1), args.lease),
         body_limit: args.body_limit,
         lease: args.lease,
     });
@@ -298,6 +299,11 @@ async fn run_async(args: RunArgs) -> i32 {
     let all = futures_util::future::join_all(workers);
     if tokio::time::timeout(args.grace, all).await.is_err() {
         println!("grace period over: unfinished runs resume at the next start");
+    }
+    // Runs claimed but not finished go back to the queue, so the next
+    // start takes them at once instead of after their lease.
+    if let Err(e) = store.release(&svc.dispatch.owner).await {
+        eprintln!("warning: could not release this process's runs ({e}); they resume once their lease expires");
     }
     EXIT_OK
 }

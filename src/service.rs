@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Semaphore};
 
 use crate::catalog::{Catalog, OpRef};
 use crate::connections::ResolvedConnection;
 use crate::connectors::auth::BoxFut;
 use crate::connectors::Runtime;
+use crate::dispatch::Dispatch;
 use crate::engine::{self, event, CheckpointSink, RunReport, RunRequest, RunStatus, StepRecord};
 use crate::recipe::validate::{TriggerKind, ValidRecipe};
 use crate::store::{NewEvent, NewRun, Store};
@@ -21,7 +22,8 @@ use crate::template::{self, Template};
 
 /// How long a claim lasts without a checkpoint or heartbeat, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
-/// How often idle workers look for work they were not told about.
+/// How often the claimer looks for runs it was not told about (replays
+/// from another process, expired leases).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// The recipes currently taking events, by name.
@@ -85,8 +87,8 @@ pub struct Service {
     pub connections: HashMap<String, ResolvedConnection>,
     /// The active recipes.
     pub recipes: RwLock<Arc<RecipeSet>>,
-    /// Wakes idle workers when runs are queued.
-    pub work: Notify,
+    /// Hands claimed runs to the workers.
+    pub dispatch: Dispatch,
     /// Largest accepted webhook body.
     pub body_limit: usize,
     /// How long a claim lasts without a checkpoint or heartbeat: after a
@@ -162,50 +164,101 @@ impl Service {
         }
     }
 
-    /// Starts `n` workers; they stop taking runs when `stop` turns true.
+    /// Starts the worker pool (at most `n` runs at once), the claimer and
+    /// the lease heartbeat; they stop taking runs when `stop` turns true,
+    /// and the pool's task ends when its in-flight runs have.
     pub fn spawn_workers(
         self: &Arc<Self>,
         n: usize,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..n)
-            .map(|i| {
-                let svc = self.clone();
-                let stop = stop.clone();
-                let name = format!("worker-{}-{i}", std::process::id());
-                tokio::spawn(async move { svc.worker(name, stop).await })
-            })
-            .collect()
+        let (a, b, c) = (self.clone(), self.clone(), self.clone());
+        let (s1, s2, s3) = (stop.clone(), stop.clone(), stop);
+        vec![
+            tokio::spawn(async move { a.pool(n, s1).await }),
+            tokio::spawn(async move { b.claimer(s2).await }),
+            tokio::spawn(async move { c.heartbeat(s3).await }),
+        ]
     }
 
-    async fn worker(self: Arc<Self>, name: String, mut stop: watch::Receiver<bool>) {
+    async fn pool(self: Arc<Self>, n: usize, mut stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(n.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = stop.changed() => break,
+            };
+            let run = tokio::select! {
+                r = self.dispatch.next() => match r { Some(r) => r, None => break },
+                _ = stop.changed() => break,
+            };
+            if *stop.borrow() {
+                break;
+            }
+            let svc = self.clone();
+            running.spawn(async move { svc.execute(run, permit).await });
+            // Reap finished tasks so the set does not grow.
+            while running.try_join_next().is_some() {}
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Claims stored runs in batches when the queue has room.
+    async fn claimer(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
                 return;
             }
-            match self.store.claim(&name, self.lease, 1).await {
-                Ok(runs) if !runs.is_empty() => {
-                    for run in runs {
-                        self.execute(run).await;
+            let want = self.dispatch.wanted();
+            if want > 0 {
+                match self
+                    .store
+                    .claim(&self.dispatch.owner, self.lease, want)
+                    .await
+                {
+                    Ok(runs) => {
+                        let full = runs.len() == want;
+                        self.dispatch.claimed(runs, want);
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claim failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
-                Ok(_) => {
-                    tokio::select! {
-                        _ = self.work.notified() => {}
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(worker = %name, error = %e, "claim failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            }
+            tokio::select! {
+                _ = self.dispatch.work.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = stop.changed() => {}
             }
         }
     }
 
-    async fn execute(&self, run: crate::store::ClaimedRun) {
+    /// Keeps every lease of this process alive, executing or waiting.
+    async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease / 3) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.store.heartbeat(&self.dispatch.owner, self.lease).await {
+                tracing::error!(error = %e, "could not extend the leases of this process's runs");
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        run: crate::store::ClaimedRun,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let Some(recipe) = self.recipes().get(&run.recipe) else {
+            drop(slot);
             let report = RunReport {
                 run_id: run.id.clone(),
                 recipe: run.recipe.clone(),
@@ -218,25 +271,12 @@ impl Service {
                 )),
             };
             let _ = self.store.finish(&report).await;
+            self.dispatch.ended(&run);
             return;
         };
         let sink = StoreSink {
             store: self.store.clone(),
             lease: self.lease,
-        };
-        // Keep the lease while long steps (retries, slow APIs) run.
-        let heartbeat = {
-            let store = self.store.clone();
-            let id = run.id.clone();
-            let lease = self.lease;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    if store.checkpoint(&id, &[], lease).await.is_err() {
-                        return;
-                    }
-                }
-            })
         };
         let report = engine::run(
             RunRequest {
@@ -250,10 +290,12 @@ impl Service {
             &sink,
         )
         .await;
-        heartbeat.abort();
+        // The worker's place is free while the end is being committed.
+        drop(slot);
         if let Err(e) = self.store.finish(&report).await {
             tracing::error!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
         }
+        self.dispatch.ended(&run);
         match report.status {
             RunStatus::Failed => {
                 tracing::warn!(run = %run.id, recipe = %run.recipe, step = ?report.failed_step, error = ?report.error.as_ref().map(|e| &e.message), "run failed")
@@ -325,7 +367,7 @@ impl Service {
             if let Err(e) = fired {
                 tracing::warn!(recipe = %recipe.name, error = %e, "trigger firing failed; retrying at the next tick");
             }
-            self.work.notify_waiters();
+            self.dispatch.stored();
         }
     }
 

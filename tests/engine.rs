@@ -16,7 +16,7 @@ use patchbay::service::{RecipeSet, Service};
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 use serde_json::{json, Value};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 const TOKEN: &str = "SECRET-webhook-token-31337";
 
@@ -139,7 +139,7 @@ async fn start(
         catalog,
         connections: conns.into_iter().map(|c| (c.name.clone(), c)).collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
-        work: Notify::new(),
+        dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE),
         body_limit: 64 * 1024,
         lease: patchbay::service::DEFAULT_LEASE,
     });
@@ -411,7 +411,7 @@ async fn polled_records_become_one_run_each_across_a_restart() {
     let recipe = e.svc.recipes().get("crm-task-poll").unwrap();
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 2);
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 0);
-    e.svc.work.notify_waiters();
+    e.svc.dispatch.stored();
     e.settle().await;
     let runs = e.runs(RunState::Completed).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
@@ -492,7 +492,7 @@ async fn failed_runs_are_dead_letters_and_replay_runs_them_again() {
         .await
         .unwrap()
         .unwrap();
-    e.svc.work.notify_waiters();
+    e.svc.dispatch.stored();
     e.settle().await;
     let (run, steps) = e.svc.store.run(&new_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunState::Completed);

@@ -169,17 +169,20 @@ async fn hook(
         events: total,
         received_at: chrono::Utc::now(),
     };
-    match svc.store.ingest(delivery, events).await {
-        Ok(n) => {
-            if n.runs > 0 {
-                svc.work.notify_waiters();
-            }
+    let reserved = svc
+        .dispatch
+        .reserve(events.iter().map(|e| e.runs.len()).sum());
+    match svc.store.ingest(delivery, events, reserved.clone()).await {
+        Ok(mut n) => {
+            let claimed = std::mem::take(&mut n.claimed);
+            svc.dispatch.settle(reserved.as_ref(), claimed, n.runs);
             answer(
                 status,
                 json!({"events": total, "accepted": n.events, "duplicates": n.duplicates, "unmatched": unmatched, "runs": n.runs}),
             )
         }
         Err(e) => {
+            svc.dispatch.settle(reserved.as_ref(), Vec::new(), 0);
             tracing::error!(error = %e, "could not store a delivery");
             // Not acknowledged: 429 is the one answer every sender retries
             // (HighLevel retries nothing else).

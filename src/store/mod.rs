@@ -86,14 +86,29 @@ pub struct Delivery {
 }
 
 /// What an ingest did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Ingested {
     /// New events stored.
     pub events: u32,
     /// Events skipped as duplicates.
     pub duplicates: u32,
-    /// Runs queued.
+    /// Runs created.
     pub runs: u32,
+    /// Runs claimed in the same transaction (see [`ClaimFor`]), ready to run.
+    pub claimed: Vec<ClaimedRun>,
+}
+
+/// Asks an ingest to claim the runs it creates, up to `max`, for `owner`:
+/// the process that accepted the events runs them without a second trip
+/// to the store. Runs whose ordering key has an unfinished run stay queued.
+#[derive(Debug, Clone)]
+pub struct ClaimFor {
+    /// The lease owner (one per process).
+    pub owner: String,
+    /// Lease length.
+    pub lease: Duration,
+    /// Most runs to claim.
+    pub max: usize,
 }
 
 /// A run a worker took.
@@ -107,6 +122,8 @@ pub struct ClaimedRun {
     pub recipe_version: String,
     /// The event payload.
     pub payload: Value,
+    /// Runs with the same key run in arrival order.
+    pub ordering_key: Option<String>,
     /// First start (kept across resumes).
     pub started_at: DateTime<Utc>,
     /// Steps checkpointed before an interruption.
@@ -203,6 +220,7 @@ pub trait Store: LinkStore + TokenStore + Send + Sync {
         &self,
         delivery: Delivery,
         events: Vec<NewEvent>,
+        claim: Option<ClaimFor>,
     ) -> BoxFut<'_, Result<Ingested, StoreError>>;
     /// Records a rejected delivery.
     fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>>;
@@ -210,10 +228,20 @@ pub trait Store: LinkStore + TokenStore + Send + Sync {
     /// with an expired lease) whose ordering key has no earlier unfinished run.
     fn claim<'a>(
         &'a self,
-        worker: &'a str,
+        owner: &'a str,
         lease: Duration,
         max: usize,
     ) -> BoxFut<'a, Result<Vec<ClaimedRun>, StoreError>>;
+    /// Extends the lease of every run `owner` holds: one heartbeat per
+    /// process keeps its runs, whether executing or waiting for a worker.
+    fn heartbeat<'a>(
+        &'a self,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+    /// Queues again every run `owner` holds (graceful shutdown), so the
+    /// next start resumes them at once instead of after the lease.
+    fn release<'a>(&'a self, owner: &'a str) -> BoxFut<'a, Result<u64, StoreError>>;
     /// Persists finished steps of a run and extends its lease.
     fn checkpoint<'a>(
         &'a self,

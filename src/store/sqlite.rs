@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{self, Job};
 use super::{
-    ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store, StoreError,
+    ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store,
+    StoreError,
 };
 use crate::connectors::auth::{BoxFut, StoredTokens, TokenStore};
 use crate::connectors::native::LinkStore;
@@ -48,6 +49,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, connection TEXT NOT NULL, status INTEGER NOT NULL,
         outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);",
+    // 2: unfinished runs by ordering key, so the ordering checks of claims
+    // do not walk a key's finished history.
+    "CREATE INDEX runs_open_ordering ON runs(ordering_key, seq) WHERE status IN ('queued', 'running');",
 ];
 
 /// The SQLite store.
@@ -94,12 +98,26 @@ impl SqliteStore {
         delivery: Option<Delivery>,
         events: Vec<NewEvent>,
         cursor: Option<(String, String)>,
+        claim: Option<ClaimFor>,
     ) -> Result<Ingested, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Ingest {
             delivery,
             events,
             cursor,
+            claim,
+            reply,
+        })
+        .await?;
+        rx.await
+            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+    }
+
+    async fn leases(&self, owner: &str, lease: Option<Duration>) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Leases {
+            owner: owner.to_string(),
+            lease,
             reply,
         })
         .await?;
@@ -192,13 +210,14 @@ impl Store for SqliteStore {
         &self,
         delivery: Delivery,
         events: Vec<NewEvent>,
+        claim: Option<ClaimFor>,
     ) -> BoxFut<'_, Result<Ingested, StoreError>> {
-        Box::pin(self.submit(Some(delivery), events, None))
+        Box::pin(self.submit(Some(delivery), events, None, claim))
     }
 
     fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.submit(Some(delivery), Vec::new(), None)
+            self.submit(Some(delivery), Vec::new(), None, None)
                 .await
                 .map(|_| ())
         })
@@ -222,6 +241,18 @@ impl Store for SqliteStore {
             rx.await
                 .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
         })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.leases(owner, Some(lease)).await.map(|_| ()) })
+    }
+
+    fn release<'a>(&'a self, owner: &'a str) -> BoxFut<'a, Result<u64, StoreError>> {
+        Box::pin(self.leases(owner, None))
     }
 
     fn checkpoint<'a>(
@@ -437,7 +468,12 @@ impl Store for SqliteStore {
         value: &'a str,
         events: Vec<NewEvent>,
     ) -> BoxFut<'a, Result<Ingested, StoreError>> {
-        Box::pin(self.submit(None, events, Some((name.to_string(), value.to_string()))))
+        Box::pin(self.submit(
+            None,
+            events,
+            Some((name.to_string(), value.to_string())),
+            None,
+        ))
     }
 
     fn ping(&self) -> BoxFut<'_, bool> {
@@ -596,19 +632,13 @@ mod tests {
                     event("a", Some("k1"), Some("task-1")),
                     event("b", Some("k2"), Some("task-1")),
                 ],
+                None,
             )
             .await
             .unwrap();
-        assert_eq!(
-            a,
-            Ingested {
-                events: 2,
-                duplicates: 0,
-                runs: 2
-            }
-        );
+        assert_eq!((a.events, a.duplicates, a.runs), (2, 0, 2));
         let b = s
-            .ingest(delivery(), vec![event("a2", Some("k1"), None)])
+            .ingest(delivery(), vec![event("a2", Some("k1"), None)], None)
             .await
             .unwrap();
         assert_eq!(b.duplicates, 1);
@@ -632,9 +662,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ingest_claims_its_runs_except_those_waiting_on_their_ordering_key() {
+        let s = temp_store().await;
+        let me = ClaimFor {
+            owner: "node-a".into(),
+            lease: Duration::from_secs(30),
+            max: 2,
+        };
+        let a = s
+            .ingest(
+                delivery(),
+                vec![
+                    event("a", None, Some("task-1")),
+                    event("b", None, Some("task-1")),
+                    event("c", None, None),
+                    event("d", None, None),
+                ],
+                Some(me),
+            )
+            .await
+            .unwrap();
+        // "b" waits for "a" (same key); "d" is over the budget of two.
+        let ids: Vec<&str> = a.claimed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["run-a", "run-c"]);
+        assert_eq!(a.claimed[0].payload, json!({"email": "a"}));
+        assert_eq!(a.runs, 4);
+        // Another claimer gets "d" only: "a" and "c" are leased, "b" waits.
+        let other = s
+            .claim("node-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].id, "run-d");
+        // A graceful stop gives node-a's runs back.
+        assert_eq!(s.release("node-a").await.unwrap(), 2);
+        let again = s
+            .claim("node-b", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = again.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["run-a", "run-c"]);
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_keeps_every_lease_of_its_owner() {
+        let s = temp_store().await;
+        s.ingest(delivery(), vec![event("a", None, None)], None)
+            .await
+            .unwrap();
+        let c = claim1(&s, "node-a", Duration::from_millis(1))
+            .await
+            .unwrap();
+        s.heartbeat("node-a", Duration::from_secs(30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(claim1(&s, "node-b", Duration::from_secs(30))
+            .await
+            .is_none());
+        let _ = c;
+    }
+
+    #[tokio::test]
     async fn an_expired_lease_is_taken_over_with_its_checkpoints() {
         let s = temp_store().await;
-        s.ingest(delivery(), vec![event("a", None, None)])
+        s.ingest(delivery(), vec![event("a", None, None)], None)
             .await
             .unwrap();
         let c = claim1(&s, "w1", Duration::from_millis(1)).await.unwrap();
@@ -653,7 +745,7 @@ mod tests {
     #[tokio::test]
     async fn failed_runs_are_dead_letters_until_replayed() {
         let s = temp_store().await;
-        s.ingest(delivery(), vec![event("a", None, None)])
+        s.ingest(delivery(), vec![event("a", None, None)], None)
             .await
             .unwrap();
         let c = claim1(&s, "w", Duration::from_secs(30)).await.unwrap();

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::DEDUPE_WINDOW;
-use super::{ClaimedRun, Delivery, Ingested, NewEvent, RunState, StoreError};
+use super::{ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunState, StoreError};
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 512;
@@ -28,6 +28,7 @@ pub(super) enum Job {
         delivery: Option<Delivery>,
         events: Vec<NewEvent>,
         cursor: Option<(String, String)>,
+        claim: Option<ClaimFor>,
         reply: oneshot::Sender<Result<Ingested, StoreError>>,
     },
     /// Take up to `max` claimable runs.
@@ -36,6 +37,12 @@ pub(super) enum Job {
         lease: Duration,
         max: usize,
         reply: oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
+    },
+    /// Extend (`Some(lease)`) or give up (`None`) every lease of an owner.
+    Leases {
+        owner: String,
+        lease: Option<Duration>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     /// Store finished steps and extend the lease.
     Checkpoint {
@@ -70,6 +77,10 @@ enum Answer {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    Count(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
 }
 
 impl Answer {
@@ -78,6 +89,7 @@ impl Answer {
             Answer::Ingest(r, v) => drop(r.send(v)),
             Answer::Claim(r, v) => drop(r.send(v)),
             Answer::Unit(r, v) => drop(r.send(v)),
+            Answer::Count(r, v) => drop(r.send(v)),
         }
     }
 
@@ -91,6 +103,7 @@ impl Answer {
             Answer::Ingest(r, _) => drop(r.send(Err(e()))),
             Answer::Claim(r, _) => drop(r.send(Err(e()))),
             Answer::Unit(r, _) => drop(r.send(Err(e()))),
+            Answer::Count(r, _) => drop(r.send(Err(e()))),
         }
     }
 }
@@ -175,6 +188,7 @@ impl Answer {
             Answer::Ingest(_, r) => r.is_ok(),
             Answer::Claim(_, r) => r.is_ok(),
             Answer::Unit(_, r) => r.is_ok(),
+            Answer::Count(_, r) => r.is_ok(),
         }
     }
 }
@@ -188,6 +202,7 @@ fn failed(job: Job, msg: &str) -> Answer {
     match job {
         Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
         Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
+        Job::Leases { reply, .. } => Answer::Count(reply, Err(e)),
         Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } => Answer::Unit(reply, Err(e)),
     }
 }
@@ -198,8 +213,17 @@ fn apply(c: &Connection, job: Job, now: i64) -> Answer {
             delivery,
             events,
             cursor,
+            claim,
             reply,
-        } => Answer::Ingest(reply, ingest(c, delivery, &events, cursor, now)),
+        } => Answer::Ingest(
+            reply,
+            ingest(c, delivery, events, cursor, claim.as_ref(), now),
+        ),
+        Job::Leases {
+            owner,
+            lease,
+            reply,
+        } => Answer::Count(reply, leases(c, &owner, lease, now)),
         Job::Claim {
             worker,
             lease,
@@ -235,8 +259,9 @@ fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
 fn ingest(
     c: &Connection,
     delivery: Option<Delivery>,
-    events: &[NewEvent],
+    events: Vec<NewEvent>,
     cursor: Option<(String, String)>,
+    claim: Option<&ClaimFor>,
     now: i64,
 ) -> Result<Ingested, StoreError> {
     let mut n = Ingested::default();
@@ -254,7 +279,7 @@ fn ingest(
         c.prepare_cached("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![ev.id, ev.connection, ev.operation, ev.payload.to_string(), now])?;
         n.events += 1;
-        for run in &ev.runs {
+        for run in ev.runs {
             let next = match seq {
                 Some(s) => s + 1,
                 None => c
@@ -262,9 +287,36 @@ fn ingest(
                     .query_row([], |r| r.get(0))?,
             };
             seq = Some(next);
-            c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)")?
-                .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, now])?;
             n.runs += 1;
+            let owner = claim.filter(|cl| n.claimed.len() < cl.max);
+            let free = match (&owner, &run.ordering_key) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(_), Some(key)) => c
+                    .prepare_cached("SELECT 1 FROM runs WHERE ordering_key = ?1 AND status IN ('queued', 'running') LIMIT 1")?
+                    .query_row([key], |_| Ok(()))
+                    .optional()?
+                    .is_none(),
+            };
+            match owner.filter(|_| free) {
+                Some(cl) => {
+                    c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?9)")?
+                        .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, cl.owner, now + cl.lease.as_millis() as i64, now])?;
+                    n.claimed.push(ClaimedRun {
+                        id: run.id,
+                        recipe: run.recipe,
+                        recipe_version: run.recipe_version,
+                        payload: ev.payload.clone(),
+                        ordering_key: run.ordering_key,
+                        started_at: super::sqlite::to_time(now),
+                        done: Vec::new(),
+                    });
+                }
+                None => {
+                    c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)")?
+                        .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, now])?;
+                }
+            }
         }
     }
     if let Some(d) = &delivery {
@@ -276,6 +328,24 @@ fn ingest(
             .execute(params![name, value])?;
     }
     Ok(n)
+}
+
+/// Extends every lease `owner` holds, or (without a lease) queues its runs again.
+fn leases(
+    c: &Connection,
+    owner: &str,
+    lease: Option<Duration>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let n = match lease {
+        Some(l) => c
+            .prepare_cached("UPDATE runs SET lease_until = ?1 WHERE lease_owner = ?2 AND status = 'running'")?
+            .execute(params![now + l.as_millis() as i64, owner])?,
+        None => c
+            .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1 AND status = 'running'")?
+            .execute([owner])?,
+    };
+    Ok(n as u64)
 }
 
 fn claim(
@@ -324,7 +394,7 @@ fn claim_one(
                       WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
                         AND o.status IN ('queued', 'running')))
                 ORDER BY r.seq LIMIT 1)
-             RETURNING id, recipe, recipe_version, event_id, started_at",
+             RETURNING id, recipe, recipe_version, event_id, started_at, ordering_key",
         )?
         .query_row(params![worker, now + lease.as_millis() as i64, now], |r| {
             Ok((
@@ -333,10 +403,11 @@ fn claim_one(
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })
         .optional()?;
-    let Some((id, recipe, recipe_version, event_id, started_at)) = row else {
+    let Some((id, recipe, recipe_version, event_id, started_at, ordering_key)) = row else {
         return Ok(None);
     };
     let payload: String = c
@@ -359,6 +430,7 @@ fn claim_one(
         recipe,
         recipe_version,
         payload: super::sqlite::parse_json("events.payload", &payload)?,
+        ordering_key,
         started_at: super::sqlite::to_time(started_at),
         done,
     }))
