@@ -76,6 +76,9 @@ pub mod sandbox {
     pub const SP_CLIENT_ID: &str = "sandbox-client-id";
     /// SendPulse client secret.
     pub const SP_CLIENT_SECRET: &str = "sandbox-client-secret";
+    /// Seed of the key the emulated HighLevel signs its webhooks with
+    /// (fixed: the sandbox has no secrets worth keeping).
+    pub const GHL_WEBHOOK_SEED: [u8; 32] = *b"patchbay-sandbox-ghl-webhook-key";
 }
 
 /// Runs the engine until SIGINT/SIGTERM; the exit code.
@@ -88,15 +91,25 @@ pub fn run(args: RunArgs) -> i32 {
 }
 
 /// Starts the emulators and returns them with connections pointing at them.
-async fn start_sandbox() -> std::io::Result<(
+/// The emulated HighLevel sends signed `ContactCreate`/`ContactUpdate`
+/// webhooks to the engine's `ghl-main` hook, as a real location would.
+async fn start_sandbox(
+    listen: SocketAddr,
+) -> std::io::Result<(
     ghl::GhlEmulator,
     sendpulse::SendPulseEmulator,
     Vec<ResolvedConnection>,
 )> {
+    let webhook = ghl::WebhookTarget {
+        url: format!("http://{listen}/hooks/ghl-main"),
+        key: ed25519_dalek::SigningKey::from_bytes(&sandbox::GHL_WEBHOOK_SEED),
+    };
+    let public_key = webhook.public_key();
     let g = ghl::start(ghl::GhlConfig {
         token: sandbox::GHL_TOKEN.into(),
         location_id: sandbox::LOCATION.into(),
         listen: Some(sandbox::GHL_ADDR.parse().expect("valid address")),
+        webhook: Some(webhook),
         ..Default::default()
     })
     .await?;
@@ -115,6 +128,7 @@ async fn start_sandbox() -> std::io::Result<(
                 ("base_url", &g.base_url(), false),
                 ("token", sandbox::GHL_TOKEN, true),
                 ("location_id", sandbox::LOCATION, false),
+                ("webhook_public_key", &public_key, false),
             ],
         ),
         ResolvedConnection::from_values(
@@ -143,7 +157,7 @@ async fn run_async(args: RunArgs) -> i32 {
             eprintln!("error: --sandbox makes its own connections; leave out --connections");
             return EXIT_USAGE;
         }
-        match start_sandbox().await {
+        match start_sandbox(args.listen).await {
             Ok((g, s, conns)) => {
                 _emulators = Some((g, s));
                 let mut decls = Connections::default();

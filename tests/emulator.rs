@@ -1528,3 +1528,82 @@ async fn sendpulse_remaining_routes() {
     .await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn highlevel_sends_signed_contact_webhooks_like_a_location_does() {
+    use base64::Engine as _;
+    use ed25519_dalek::Verifier;
+    // A receiver that keeps each delivery's signature and raw body.
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks/ghl",
+        axum::routing::post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let sig = h["x-ghl-signature"].to_str().unwrap().to_string();
+                sink.lock().await.push((sig, body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/ghl", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let g = Ghl::start(GhlConfig {
+        webhook: Some(ghl::WebhookTarget {
+            url,
+            key: key.clone(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = send(
+        g.v2(Method::POST, "/contacts/")
+            .json(&json!({"locationId": g.loc(), "email": "hook@example.com"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["contact"]["id"].as_str().unwrap().to_string();
+    let (status, _) = send(
+        g.v2(Method::PUT, &format!("/contacts/{id}"))
+            .json(&json!({"firstName": "Hook"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.lock().await.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = got.lock().await;
+    assert_eq!(got.len(), 2);
+    let types: Vec<String> = got
+        .iter()
+        .map(|(sig, raw)| {
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(sig)
+                .unwrap();
+            let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+            key.verifying_key()
+                .verify(raw, &sig)
+                .expect("signed over the raw body");
+            let v: Value = serde_json::from_slice(raw).unwrap();
+            assert_eq!(v["id"], json!(id));
+            assert_eq!(v["locationId"], json!(g.loc()));
+            assert!(v["webhookId"].as_str().is_some_and(|w| !w.is_empty()));
+            assert!(v["timestamp"].as_str().is_some());
+            v["type"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut sorted = types.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["ContactCreate", "ContactUpdate"]);
+    // The connection's `webhook_public_key` form of the same key.
+    assert!(!ghl::WebhookTarget {
+        url: String::new(),
+        key
+    }
+    .public_key()
+    .is_empty());
+}

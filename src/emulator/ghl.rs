@@ -78,6 +78,41 @@ pub struct GhlConfig {
     pub rate_limit: Option<(usize, Duration)>,
     /// Address to listen on; a free port on 127.0.0.1 when `None`.
     pub listen: Option<std::net::SocketAddr>,
+    /// Where to send `ContactCreate`/`ContactUpdate` webhooks, if anywhere.
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// Where the emulator delivers its webhooks, signed as HighLevel signs
+/// them: Ed25519 over the raw body, base64 in `x-ghl-signature`.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    /// The receiving URL (a patchbay `POST /hooks/{connection}`).
+    pub url: String,
+    /// The signing key; its public half goes in the connection.
+    pub key: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookTarget {
+    /// The public key as a connection's `webhook_public_key` holds it
+    /// (base64 of the DER SubjectPublicKeyInfo, as HighLevel publishes it).
+    pub fn public_key(&self) -> String {
+        use base64::Engine as _;
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let der = self
+            .key
+            .verifying_key()
+            .to_public_key_der()
+            .expect("an Ed25519 key encodes");
+        base64::engine::general_purpose::STANDARD.encode(der.as_bytes())
+    }
 }
 
 impl Default for GhlConfig {
@@ -93,6 +128,7 @@ impl Default for GhlConfig {
             allow_duplicates: false,
             rate_limit: Some((100, Duration::from_secs(10))),
             listen: None,
+            webhook: None,
         }
     }
 }
@@ -276,6 +312,40 @@ struct St {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, St> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Delivers a contact webhook (`ContactCreate`, `ContactUpdate`) in the
+    /// background, as HighLevel does after the API call answered.
+    fn emit(&self, kind: &str, contact: &Value) {
+        let Some(target) = self.config.webhook.clone() else {
+            return;
+        };
+        let mut body = contact.as_object().cloned().unwrap_or_default();
+        body.insert("type".into(), json!(kind));
+        body.insert("locationId".into(), json!(self.config.location_id));
+        body.insert("webhookId".into(), json!(random_id(24)));
+        body.insert(
+            "timestamp".into(),
+            json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        let raw = serde_json::to_vec(&Value::Object(body)).expect("JSON encodes");
+        let signature = {
+            use base64::Engine as _;
+            use ed25519_dalek::Signer;
+            base64::engine::general_purpose::STANDARD.encode(target.key.sign(&raw).to_bytes())
+        };
+        tokio::spawn(async move {
+            let sent = reqwest::Client::new()
+                .post(&target.url)
+                .header("content-type", "application/json")
+                .header("x-ghl-signature", signature)
+                .body(raw)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(url = %target.url, error = %e, "emulated HighLevel webhook not delivered");
+            }
+        });
     }
 
     /// v2 gate: a valid token, then the `Version` header.
@@ -1361,6 +1431,7 @@ async fn contact_create(State(s): S, req: Req) -> Out {
         }
     }
     let c = st.new_contact(&s.config.location_id, &map);
+    s.emit("ContactCreate", &c);
     Ok(respond(201, json!({"contact": c})))
 }
 
@@ -1377,6 +1448,7 @@ async fn contact_update(State(s): S, Path(id): Path<String>, req: Req) -> Out {
         }
     }
     let c = st.update_contact(&id, &map).map_err(e400)?;
+    s.emit("ContactUpdate", &c);
     Ok(respond(200, json!({"succeded": true, "contact": c})))
 }
 
@@ -1419,6 +1491,14 @@ async fn contact_upsert(State(s): S, req: Req) -> Out {
         }
         None => (true, st.new_contact(&s.config.location_id, &map)),
     };
+    s.emit(
+        if new {
+            "ContactCreate"
+        } else {
+            "ContactUpdate"
+        },
+        &c,
+    );
     Ok(respond(
         200,
         json!({"new": new, "contact": c, "traceId": trace}),
