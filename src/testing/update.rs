@@ -12,12 +12,12 @@ use crate::yaml::Node;
 #[error("{0}")]
 pub struct UpdateError(pub String);
 
-/// A JSON value as YAML flow text: one line when short, else pretty JSON
+/// A JSON value as YAML flow text: one line up to 120 characters, else pretty JSON
 /// whose continuation lines are indented by `indent` spaces.
 fn flow(v: &Value, indent: usize) -> String {
-    let one = serde_json::to_string(v).unwrap_or_default();
-    if one.len() <= 80 {
-        return spaced(v);
+    let one = spaced(v);
+    if one.chars().count() <= 120 {
+        return one;
     }
     let pretty = serde_json::to_string_pretty(v).unwrap_or_default();
     let pad = " ".repeat(indent);
