@@ -609,3 +609,86 @@ fn validate_checks_test_files_and_does_not_read_them_as_recipes() {
         o.stdout
     );
 }
+
+#[test]
+fn polls_schedules_http_request_and_event_files() {
+    let dir = setup(PASSING);
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    write(
+        "poll.yaml",
+        r#"recipe: poll
+trigger:
+  on: ghl.contacts.new
+  every: 5m
+steps:
+  - id: link
+    action: store.put
+    with: { key: "{{ event.id }}", value: "{{ event.email }}" }
+"#,
+    );
+    write(
+        "poll.test.yaml",
+        r#"cases:
+  - name: each record of the page is one event
+    event_file: page.json
+    expect:
+      outcome: completed
+      links:
+        - { key: c1, value: a@b.c }
+        - { key: c2, value: d@e.f }
+"#,
+    );
+    write(
+        "page.json",
+        r#"[{"id": "c1", "email": "a@b.c"}, {"id": "c2", "email": "d@e.f"}]"#,
+    );
+    write(
+        "tick.yaml",
+        r#"recipe: tick
+trigger:
+  every: 1h
+steps:
+  - id: ping
+    action: http.request
+    with:
+      method: POST
+      url: https://example.com/ping
+      body: { at: "{{ event.scheduled_at }}", started: "{{ run.started_at }}" }
+"#,
+    );
+    write(
+        "tick.test.yaml",
+        r#"cases:
+  - name: the clock is the case's
+    now: "2026-03-01T10:00:00Z"
+    responses:
+      http.request: [{ status: 503 }, { status: 200, body: { ok: true } }]
+    expect:
+      requests:
+        - { operation: http.request, path: example.com/ping }
+        - operation: http.request
+          method: POST
+          body_exact: { at: "2026-03-01T10:00:00+00:00", started: "{{ run.started_at }}" }
+      outputs: { ping: { status: 200, body: { ok: true } } }
+"#,
+    );
+    let o = test_dir(&dir, &[]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert_eq!(o.stdout, "3 passed, 0 failed\n");
+    // The clock matters: another `now` fails the exact body.
+    let tick = std::fs::read_to_string(dir.join("tick.test.yaml")).unwrap();
+    write(
+        "tick.test.yaml",
+        &tick.replace(
+            "now: \"2026-03-01T10:00:00Z\"",
+            "now: \"2026-03-02T10:00:00Z\"",
+        ),
+    );
+    let o = test_dir(&dir, &["--filter", "tick"]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("body differs at /at: expected \"2026-03-01T10:00:00+00:00\", got \"2026-03-02T10:00:00+00:00\""),
+        "{}",
+        o.stdout
+    );
+}
