@@ -381,6 +381,18 @@ fn errors_in_test_files_exit_2_with_file_line_col() {
         "{}",
         o.stdout
     );
+    // JUnit reports the broken file as an error, diagnostics go to stderr.
+    let o = test_dir(&dir, &["--format", "junit"]);
+    assert_eq!(o.code, 2);
+    check_xml(&o.stdout);
+    assert!(
+        o.stdout
+            .contains("<error message=\"the test file has errors\" type=\"invalid\">")
+            && o.stderr.contains("error[unknown-key]"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
     // No test file at all is a usage error too.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();

@@ -223,6 +223,13 @@ pub fn test(args: TestArgs) -> i32 {
         }
         TestFormat::Junit => junit::render(&results, started.elapsed().as_secs_f64()),
     };
+    if args.format != TestFormat::Human && !diags.is_empty() {
+        // Machine output stays parseable; people still see the problems.
+        eprint!(
+            "{}",
+            diagnostic::render_human(&diags, &diagnostic::read_source)
+        );
+    }
     let _ = std::io::stdout().write_all(out.as_bytes());
     diags.retain(|d| d.severity == Severity::Error);
     if !diags.is_empty() {
