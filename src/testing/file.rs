@@ -69,7 +69,7 @@ enum Scalar {
 #[serde(untagged)]
 #[allow(dead_code)]
 enum OneOrMany {
-    /// Every call of the operation... once: the answer is not repeated.
+    /// One answer, for one call (it is not repeated).
     One(Response),
     /// Consumed in order, one per attempt; the last is not repeated.
     Many(Vec<Response>),
