@@ -17,6 +17,7 @@ fn generate(dir: &PathBuf, n: usize) {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".test.yaml"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
             let name = text

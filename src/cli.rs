@@ -1,4 +1,4 @@
-//! The command line: `validate`, `catalog`, `schema`.
+//! The command line: `validate`, `catalog`, `fire`, `test`, `run`, `schema`, ...
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,6 +80,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: CatalogFormat,
     },
+    /// Run recipe test files (`*.test.yaml`): an event, canned responses,
+    /// expected requests and outcome. Exit 0 all passed, 1 a case failed,
+    /// 2 errors in the test files.
+    Test(crate::testing::TestArgs),
     /// Run the engine: webhooks, polls, schedules and workers over the store.
     Run(crate::run::RunArgs),
     /// List runs in the store (`runs show ID` for one run with its steps).
@@ -141,11 +145,14 @@ enum Command {
         #[arg(long, default_value = "sqlite://patchbay.db")]
         store: String,
     },
-    /// Print the recipe JSON Schema (or the connector-file schema).
+    /// Print the recipe JSON Schema (or the connector-file or test-file schema).
     Schema {
         /// Print the connector-file schema instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "test")]
         connector: bool,
+        /// Print the recipe test file schema instead.
+        #[arg(long)]
+        test: bool,
     },
 }
 
@@ -196,6 +203,7 @@ pub fn main() -> i32 {
             dry_run,
             json: format == CatalogFormat::Json,
         }),
+        Command::Test(args) => crate::testing::test(args),
         Command::Run(args) => crate::run::run(args),
         Command::Runs {
             show,
@@ -217,9 +225,11 @@ pub fn main() -> i32 {
             recipes,
             store,
         } => crate::ops::replay(id, all_failed, recipe, &recipes, &store),
-        Command::Schema { connector } => {
+        Command::Schema { connector, test } => {
             let s = if connector {
                 crate::schema::connector_schema()
+            } else if test {
+                crate::schema::test_schema()
             } else {
                 crate::schema::recipe_schema()
             };
@@ -340,6 +350,17 @@ fn validate(
         }
     };
     diags.extend(loaded.diagnostics.iter().cloned());
+    // Test files met on the way are checked as test files.
+    let tests = match crate::testing::check_files(&paths, &catalog) {
+        Ok((n, d)) => {
+            diags.extend(d);
+            n
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
     print_diags(&diags, format);
     let errors = diags
         .iter()
@@ -349,8 +370,12 @@ fn validate(
     if format == Format::Human {
         eprintln!(
             "checked {} file{}: {errors} error{}, {warnings} warning{}",
-            loaded.files.len(),
-            if loaded.files.len() == 1 { "" } else { "s" },
+            loaded.files.len() + tests,
+            if loaded.files.len() + tests == 1 {
+                ""
+            } else {
+                "s"
+            },
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" },
         );

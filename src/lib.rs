@@ -24,4 +24,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod template;
+pub mod testing;
 pub mod yaml;

@@ -1,5 +1,6 @@
-//! JSON Schemas generated from the Rust types: `schemas/recipe.schema.json`
-//! and `schemas/connector.schema.json` are these outputs, kept equal by a test.
+//! JSON Schemas generated from the Rust types: `schemas/recipe.schema.json`,
+//! `schemas/recipe-test.schema.json` and `schemas/connector.schema.json` are
+//! these outputs, kept equal by a test.
 
 use crate::catalog::ConnectorDef;
 use crate::recipe::Recipe;
@@ -7,6 +8,14 @@ use crate::recipe::Recipe;
 /// The recipe JSON Schema, pretty-printed with a trailing newline.
 pub fn recipe_schema() -> String {
     let schema = schemars::schema_for!(Recipe);
+    let mut s = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    s.push('\n');
+    s
+}
+
+/// The recipe test file JSON Schema (`schemas/recipe-test.schema.json`).
+pub fn test_schema() -> String {
+    let schema = schemars::schema_for!(crate::testing::file::TestFile);
     let mut s = serde_json::to_string_pretty(&schema).expect("schema serializes");
     s.push('\n');
     s

@@ -25,6 +25,15 @@ fn recipe_schema_file_is_the_generated_schema() {
 }
 
 #[test]
+fn recipe_test_schema_file_is_the_generated_schema() {
+    assert_eq!(
+        read("recipe-test.schema.json"),
+        patchbay::schema::test_schema(),
+        "schemas/recipe-test.schema.json is stale: run `cargo run -- schema --test > schemas/recipe-test.schema.json`"
+    );
+}
+
+#[test]
 fn connector_schema_file_is_the_generated_schema() {
     assert_eq!(
         read("connector.schema.json"),
@@ -73,9 +82,21 @@ fn example_recipes_carry_the_schema_modeline() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !p.is_file() || !name.ends_with(".yaml") {
+            continue;
+        }
+        // Test files carry the test-file schema.
+        let schema = if name.ends_with(".test.yaml") {
+            "recipe-test"
+        } else {
+            "recipe"
+        };
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
-            text.starts_with("# yaml-language-server: $schema=../schemas/recipe.schema.json\n"),
+            text.starts_with(&format!(
+                "# yaml-language-server: $schema=../schemas/{schema}.schema.json\n"
+            )),
             "{} lacks the modeline",
             p.display()
         );

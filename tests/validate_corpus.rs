@@ -7,13 +7,16 @@
 //!
 //! A folder under `invalid/` is validated as one set (for cross-file checks).
 //! Files under `tests/validate/valid` must produce no diagnostic at all.
-//! Every file is validated with `tests/validate/connections.yaml`.
+//! Every file is validated with `tests/validate/connections.yaml`. Test
+//! files (`*.test.yaml`, in folder cases next to their recipe) are checked
+//! as `validate` checks them.
 
 use std::path::{Path, PathBuf};
 
 use patchbay::catalog::Catalog;
 use patchbay::connections::Connections;
 use patchbay::recipe::load::load_paths;
+use patchbay::testing::check_files;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate")
@@ -73,7 +76,10 @@ fn every_invalid_recipe_reports_exactly_its_expected_diagnostics() {
             "{} has no `# expect:` line",
             case.display()
         );
-        let loaded = load_paths(std::slice::from_ref(&case), &catalog, Some(&conns)).unwrap();
+        let mut loaded = load_paths(std::slice::from_ref(&case), &catalog, Some(&conns)).unwrap();
+        // Test files (`*.test.yaml`) in a case are checked as `validate` checks them.
+        let (_, test_diags) = check_files(std::slice::from_ref(&case), &catalog).unwrap();
+        loaded.diagnostics.extend(test_diags);
         let mut actual: Vec<(String, String)> = loaded
             .diagnostics
             .iter()
@@ -115,7 +121,9 @@ fn every_valid_recipe_passes_without_diagnostics() {
         root().join("valid"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes"),
     ];
-    let loaded = load_paths(&dirs, &catalog, Some(&conns)).unwrap();
+    let mut loaded = load_paths(&dirs, &catalog, Some(&conns)).unwrap();
+    let (_, test_diags) = check_files(&dirs, &catalog).unwrap();
+    loaded.diagnostics.extend(test_diags);
     let msgs: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
     assert!(msgs.is_empty(), "{}", msgs.join("\n"));
     assert!(
@@ -138,7 +146,10 @@ fn every_check_has_a_case_in_the_corpus() {
             codes.insert(e.split_whitespace().nth(1).unwrap().to_string());
         }
     }
-    for code in patchbay::recipe::validate::CODES {
+    let all = patchbay::recipe::validate::CODES
+        .iter()
+        .chain(patchbay::testing::file::CODES);
+    for code in all {
         assert!(codes.contains(*code), "no corpus case for `{code}`");
     }
 }

@@ -11,13 +11,13 @@ pub mod request;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use crate::catalog::{Catalog, ConnectorDef, ErrorKind, OpRef, PageStyle};
+use crate::catalog::{Auth, Catalog, ConnectorDef, ErrorKind, OpRef, PageStyle};
 use crate::connections::ResolvedConnection;
 use crate::duration::parse_duration;
 use crate::jsonpath::{self, JsonPath};
@@ -70,9 +70,31 @@ struct Conn {
     timeout: Duration,
 }
 
+/// A canned answer to one request (see [`Transport`]).
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Response body text.
+    pub body: String,
+}
+
+/// Answers requests in place of the network (`patchbay test`): auth,
+/// retries, `Retry-After` and error classification stay the runtime's own.
+pub trait Transport: Send + Sync {
+    /// The answer to one attempt of operation `op` on `connection`, or the
+    /// transport failure (`timeout`, `network`) it stands for.
+    fn answer(&self, op: &str, connection: &str, request: &Prepared) -> Result<Reply, StepError>;
+}
+
 /// Shared by every run of one engine (or one `fire`).
 pub struct Runtime {
-    client: reqwest::Client,
+    /// Built on first use: canned runs never need it.
+    client: OnceLock<reqwest::Client>,
+    /// When set, requests are answered here instead of sent.
+    transport: Option<Arc<dyn Transport>>,
     catalog: Catalog,
     conns: HashMap<String, Arc<Conn>>,
     store: Arc<dyn LinkStore>,
@@ -105,12 +127,6 @@ impl Runtime {
         store: Arc<dyn LinkStore>,
         tokens: Arc<dyn TokenStore>,
     ) -> Runtime {
-        // reqwest is built without a default crypto provider (ring, not aws-lc).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("HTTP client builds");
         let mut outputs = HashMap::new();
         for op in catalog.operations() {
             if let Some(p) = &op.def().output {
@@ -156,7 +172,8 @@ impl Runtime {
             );
         }
         Runtime {
-            client,
+            client: OnceLock::new(),
+            transport: None,
             catalog,
             conns,
             store,
@@ -164,6 +181,26 @@ impl Runtime {
             outputs,
             dry_run: None,
         }
+    }
+
+    /// The HTTP client, built on first use.
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            // reqwest is built without a default crypto provider (ring, not aws-lc).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("HTTP client builds")
+        })
+    }
+
+    /// Answers requests with `transport` instead of the network; auth uses
+    /// a fixed test credential and a 401 renews it once without a token
+    /// request (`patchbay test`).
+    pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Runtime {
+        self.transport = Some(transport);
+        self
     }
 
     /// Records requests instead of sending them (`fire --dry-run`).
@@ -386,7 +423,7 @@ impl Runtime {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(conn, &prepared).await {
+            match self.attempt(op, conn, &prepared).await {
                 Ok(v) => return Ok((v, attempt)),
                 Err(e) if e.error.kind.is_retryable() && attempt < policy.attempts => {
                     let wait = match e.retry_after {
@@ -416,12 +453,20 @@ impl Runtime {
     }
 
     /// One attempt: limiter, slot, auth, send; one token refresh on 401.
-    async fn attempt(&self, conn: &Conn, prepared: &Prepared) -> Result<Value, AttemptError> {
+    async fn attempt(
+        &self,
+        op: &OpRef,
+        conn: &Conn,
+        prepared: &Prepared,
+    ) -> Result<Value, AttemptError> {
+        if let Some(t) = &self.transport {
+            return self.attempt_canned(t.as_ref(), op, conn, prepared).await;
+        }
         let cx = AuthContext {
             def: &conn.def,
             conn: &conn.resolved,
             base_url: &conn.base_url,
-            client: &self.client,
+            client: self.client(),
             tokens: self.tokens.as_ref(),
         };
         let mut refreshed = false;
@@ -443,6 +488,40 @@ impl Runtime {
         }
     }
 
+    /// [`Runtime::attempt`] against a [`Transport`]: the same limiter and
+    /// slots, a fixed credential, and one renewal after a 401 where the
+    /// connector's auth can renew (assumed to succeed: no token request).
+    async fn attempt_canned(
+        &self,
+        transport: &dyn Transport,
+        op: &OpRef,
+        conn: &Conn,
+        prepared: &Prepared,
+    ) -> Result<Value, AttemptError> {
+        let renewable = matches!(
+            conn.def.auth,
+            Auth::Bearer {
+                refresh: Some(_),
+                ..
+            } | Auth::Oauth2ClientCredentials { .. }
+        );
+        let mut refreshed = false;
+        loop {
+            conn.limiter.acquire().await;
+            let _slot = conn.slots.acquire().await.expect("semaphore open");
+            let result = match transport.answer(&op.id(), &conn.resolved.name, prepared) {
+                Ok(r) => self.response(conn, r.status, &header_map(&r.headers), r.body),
+                Err(error) => Err(error.into()),
+            };
+            match result {
+                Err(e) if e.error.kind == ErrorKind::Unauthorized && !refreshed && renewable => {
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn send(
         &self,
         conn: &Conn,
@@ -451,7 +530,7 @@ impl Runtime {
     ) -> Result<Value, AttemptError> {
         let method =
             reqwest::Method::from_bytes(p.method.as_bytes()).expect("catalog methods are valid");
-        let mut req = self.client.request(method, &p.url).timeout(conn.timeout);
+        let mut req = self.client().request(method, &p.url).timeout(conn.timeout);
         if !p.query.is_empty() {
             req = req.query(&p.query);
         }
@@ -469,6 +548,19 @@ impl Runtime {
         let status = resp.status().as_u16();
         tracing::debug!(connection = %conn.resolved.name, method = p.method, url = %p.url, status, elapsed_ms = sent.elapsed().as_millis() as u64, "request");
         let headers = resp.headers().clone();
+        let text = resp.text().await.map_err(|e| transport_error(&e))?;
+        self.response(conn, status, &headers, text)
+    }
+
+    /// A response to its output or classified error: the remaining-quota
+    /// header feeds the limiter, `Retry-After` the next wait.
+    fn response(
+        &self,
+        conn: &Conn,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        text: String,
+    ) -> Result<Value, AttemptError> {
         if let Some(h) = &conn.def.remaining_header {
             if let Some(rem) = headers
                 .get(h)
@@ -483,7 +575,6 @@ impl Runtime {
                 conn.limiter.observe_remaining(rem, per);
             }
         }
-        let text = resp.text().await.map_err(|e| transport_error(&e))?;
         if (200..300).contains(&status) {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
@@ -549,7 +640,7 @@ impl Runtime {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.generic(&def, &prepared, timeout).await {
+            match self.generic(op, &def, &prepared, timeout).await {
                 Ok(output) => {
                     return Ok(Outcome {
                         output,
@@ -576,6 +667,7 @@ impl Runtime {
     /// `http.request`: any method and URL; the output is status, headers and body.
     async fn generic(
         &self,
+        op: &OpRef,
         def: &ConnectorDef,
         p: &Prepared,
         timeout: Duration,
@@ -586,20 +678,34 @@ impl Runtime {
                 format!("http.request: invalid method `{}`", p.method),
             )
         })?;
-        let mut req = self.client.request(method, &p.url).timeout(timeout);
-        if !p.query.is_empty() {
-            req = req.query(&p.query);
-        }
-        for (k, v) in &p.headers {
-            req = req.header(k, v);
-        }
-        if let Some(b) = &p.body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| transport_error(&e))?;
-        let status = resp.status().as_u16();
-        let headers: Map<String, Value> = resp
-            .headers()
+        let (status, headers, text) = match &self.transport {
+            Some(t) => {
+                let r = t.answer(&op.id(), "", p)?;
+                (r.status, header_map(&r.headers), r.body)
+            }
+            None => {
+                let mut req = self.client().request(method, &p.url).timeout(timeout);
+                if !p.query.is_empty() {
+                    req = req.query(&p.query);
+                }
+                for (k, v) in &p.headers {
+                    req = req.header(k, v);
+                }
+                if let Some(b) = &p.body {
+                    req = req.json(b);
+                }
+                let resp = req.send().await.map_err(|e| transport_error(&e))?;
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let text = resp.text().await.map_err(|e| transport_error(&e))?;
+                (status, headers, text)
+            }
+        };
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        let headers: Map<String, Value> = headers
             .iter()
             .map(|(k, v)| {
                 (
@@ -608,12 +714,6 @@ impl Runtime {
                 )
             })
             .collect();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
-        let text = resp.text().await.map_err(|e| transport_error(&e))?;
         if !(200..300).contains(&status) {
             return Err(AttemptError {
                 error: errors::classify(def, status, &text),
@@ -623,6 +723,20 @@ impl Runtime {
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(serde_json::json!({"status": status, "headers": headers, "body": body}))
     }
+}
+
+/// Canned headers as a header map; names or values HTTP cannot carry are dropped.
+fn header_map(headers: &[(String, String)]) -> reqwest::header::HeaderMap {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+            reqwest::header::HeaderValue::from_str(v),
+        ) {
+            map.append(k, v);
+        }
+    }
+    map
 }
 
 /// The request `http.request` sends; a relative URL uses the connection's base URL.

@@ -55,7 +55,9 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
             walk(p, &mut out)?;
-        } else {
+        } else if !crate::testing::file::is_test_file(p) {
+            // A test file named on the command line is checked as a test
+            // file (`validate`), never read as a recipe.
             out.push(p.clone());
         }
     }
