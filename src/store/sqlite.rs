@@ -47,6 +47,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, connection TEXT NOT NULL, status INTEGER NOT NULL,
         outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);",
+    // 2: the source of every recipe version an engine activated (hot reload).
+    "CREATE TABLE recipe_versions (
+        recipe TEXT NOT NULL, version TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL,
+        loaded_at INTEGER NOT NULL, PRIMARY KEY (recipe, version));",
 ];
 
 /// Most writes in one transaction.
@@ -177,6 +181,11 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer(accept, rx));
         Ok(SqliteStore { pool, writer: tx })
+    }
+
+    /// The read pool (and writer of rare writes such as recipe versions).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     async fn submit(

@@ -1,0 +1,119 @@
+//! Recipe versions kept in the store: the source text of every version the
+//! engine has activated, so a run always finishes on the version it was
+//! queued on, even after its file changed or was deleted, or the process
+//! restarted.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::sqlite::SqliteStore;
+use super::StoreError;
+use crate::connectors::auth::BoxFut;
+
+/// One stored recipe version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// Recipe name.
+    pub recipe: String,
+    /// Content hash (`version_of` of the source).
+    pub version: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// The file's text.
+    pub source: String,
+    /// When an engine first activated it.
+    pub loaded_at: DateTime<Utc>,
+}
+
+/// Where recipe versions are kept.
+pub trait RecipeVersions: Send + Sync {
+    /// Records versions (already known ones are left as they are).
+    fn save_versions<'a>(
+        &'a self,
+        versions: &'a [StoredVersion],
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+    /// One version of a recipe, if it was ever recorded.
+    fn version<'a>(
+        &'a self,
+        recipe: &'a str,
+        version: &'a str,
+    ) -> BoxFut<'a, Result<Option<StoredVersion>, StoreError>>;
+}
+
+impl RecipeVersions for SqliteStore {
+    fn save_versions<'a>(
+        &'a self,
+        versions: &'a [StoredVersion],
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if versions.is_empty() {
+                return Ok(());
+            }
+            // Rare (once per reload) and small: its own transaction, next
+            // to the writer task, is fine.
+            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+            for v in versions {
+                sqlx::query("INSERT INTO recipe_versions (recipe, version, file, source, loaded_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(recipe, version) DO NOTHING")
+                    .bind(&v.recipe)
+                    .bind(&v.version)
+                    .bind(&v.file)
+                    .bind(&v.source)
+                    .bind(v.loaded_at.timestamp_millis())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn version<'a>(
+        &'a self,
+        recipe: &'a str,
+        version: &'a str,
+    ) -> BoxFut<'a, Result<Option<StoredVersion>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT file, source, loaded_at FROM recipe_versions WHERE recipe = ? AND version = ?")
+                .bind(recipe)
+                .bind(version)
+                .fetch_optional(self.pool())
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(StoredVersion {
+                recipe: recipe.to_string(),
+                version: version.to_string(),
+                file: row.try_get("file")?,
+                source: row.try_get("source")?,
+                loaded_at: DateTime::<Utc>::from_timestamp_millis(row.try_get("loaded_at")?)
+                    .unwrap_or_default(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn versions_are_kept_once_each() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let v = StoredVersion {
+            recipe: "r".into(),
+            version: "abc".into(),
+            file: "r.yaml".into(),
+            source: "recipe: r".into(),
+            loaded_at: Utc::now(),
+        };
+        s.save_versions(std::slice::from_ref(&v)).await.unwrap();
+        let again = StoredVersion {
+            file: "moved.yaml".into(),
+            ..v.clone()
+        };
+        s.save_versions(&[again]).await.unwrap();
+        let got = s.version("r", "abc").await.unwrap().unwrap();
+        assert_eq!(got.file, "r.yaml");
+        assert_eq!(got.source, "recipe: r");
+        assert!(s.version("r", "other").await.unwrap().is_none());
+    }
+}
