@@ -141,6 +141,9 @@ enum Command {
         #[arg(long, default_value = "sqlite://patchbay.db")]
         store: String,
     },
+    /// Show what a running engine serves: recipe versions, rejected
+    /// files with diagnostics, the last reload (from its admin API).
+    Status(crate::status::StatusArgs),
     /// Print the recipe JSON Schema (or the connector-file schema).
     Schema {
         /// Print the connector-file schema instead.
@@ -217,6 +220,7 @@ pub fn main() -> i32 {
             recipes,
             store,
         } => crate::ops::replay(id, all_failed, recipe, &recipes, &store),
+        Command::Status(args) => crate::status::status(args),
         Command::Schema { connector } => {
             let s = if connector {
                 crate::schema::connector_schema()
