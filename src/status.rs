@@ -9,8 +9,8 @@ use crate::cli::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 /// Arguments of `status`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// The engine's admin address (`--admin-listen`), e.g. `http://127.0.0.1:8790`.
-    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    /// The engine's admin address (its `--admin-listen`), e.g. `http://127.0.0.1:8790`.
+    #[arg(long)]
     pub admin: String,
     /// The admin token (or `PATCHBAY_ADMIN_TOKEN`).
     #[arg(long)]

@@ -880,3 +880,34 @@ async fn event_emails(dir: &Path) -> HashMap<String, String> {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_catalog_is_reported_as_needing_a_restart() {
+    let g = emulator("pit-reload").await;
+    let v1 = recipe("alpha", "alpha v1");
+    let dir = start_dir("catalog", &g, &[("alpha.yaml", &v1)]);
+    let http = include_str!("../src/catalog/connectors/http.yaml");
+    std::fs::create_dir(dir.join("catalog")).unwrap();
+    std::fs::write(dir.join("catalog/http.yaml"), http).unwrap();
+    let e = Engine::start(&dir, &["--catalog", "catalog"]).await;
+    e.wait_serving("alpha", &v1).await;
+    assert_eq!(e.status().await["rejected"], json!([]));
+
+    std::fs::write(dir.join("catalog/http.yaml"), format!("{http}\n# edited\n")).unwrap();
+    let s = e
+        .wait_for("the catalog rejection", |s| {
+            s["rejected"].as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await;
+    assert_eq!(s["rejected"][0]["file"], "catalog");
+    let diag = s["rejected"][0]["diagnostics"][0].as_str().unwrap();
+    assert!(diag.contains("restart-needed"), "{diag}");
+    // Recipes still reload meanwhile.
+    let v2 = recipe("alpha", "alpha v2");
+    std::fs::write(dir.join("recipes/alpha.yaml"), &v2).unwrap();
+    e.wait_serving("alpha", &v2).await;
+    // Put back as it was: nothing pending any more.
+    std::fs::write(dir.join("catalog/http.yaml"), http).unwrap();
+    e.wait_for("the catalog back", |s| s["rejected"] == json!([]))
+        .await;
+}

@@ -473,7 +473,14 @@ impl Reloader {
             .collect();
         let mut ordered: Vec<(String, String)> = texts.clone();
         ordered.sort_by_key(|(f, _)| (!active_files.contains_key(f.as_str()), f.clone()));
-        let loaded = load_texts(&ordered, &self.catalog, decls.as_ref());
+        // Validation is CPU work (tens of ms for a large folder): off the
+        // threads that answer webhooks.
+        let loaded = {
+            let (texts, catalog, decls) = (ordered.clone(), self.catalog.clone(), decls.clone());
+            tokio::task::spawn_blocking(move || load_texts(&texts, &catalog, decls.as_ref()))
+                .await
+                .map_err(|e| format!("validation failed: {e}"))?
+        };
 
         // 5. Plan the new active set, file by file.
         let mut next: Vec<Arc<ValidRecipe>> = Vec::new();

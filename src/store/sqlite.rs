@@ -86,6 +86,12 @@ enum Job {
         error: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Recipe versions (hot reload): through the writer, so they never wait
+    /// in the busy handler and commit before any event naming them.
+    Versions {
+        versions: Vec<super::versions::StoredVersion>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A job's answer, sent only after its transaction committed.
@@ -183,9 +189,18 @@ impl SqliteStore {
         Ok(SqliteStore { pool, writer: tx })
     }
 
-    /// The read pool (and writer of rare writes such as recipe versions).
+    /// The read pool.
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Records recipe versions in the writer's next batch.
+    pub(super) async fn write_versions(
+        &self,
+        versions: Vec<super::versions::StoredVersion>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.unit(Job::Versions { versions, reply }, rx).await
     }
 
     async fn submit(
@@ -303,6 +318,7 @@ fn answer_of(job: Job, e: StoreError) -> Answer {
         Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
         Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
         Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } => Answer::Unit(reply, Err(e)),
+        Job::Versions { reply, .. } => Answer::Unit(reply, Err(e)),
     }
 }
 
@@ -336,6 +352,9 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, job: Job, now: i64) -> Answer {
             reply,
             finish(tx, &run_id, &records, status, failed_step, error, now).await,
         ),
+        Job::Versions { versions, reply } => {
+            Answer::Unit(reply, super::versions::insert(tx, &versions).await)
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! restarted.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::sqlite::SqliteStore;
 use super::StoreError;
@@ -49,21 +49,7 @@ impl RecipeVersions for SqliteStore {
             if versions.is_empty() {
                 return Ok(());
             }
-            // Rare (once per reload) and small: its own transaction, next
-            // to the writer task, is fine.
-            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-            for v in versions {
-                sqlx::query("INSERT INTO recipe_versions (recipe, version, file, source, loaded_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(recipe, version) DO NOTHING")
-                    .bind(&v.recipe)
-                    .bind(&v.version)
-                    .bind(&v.file)
-                    .bind(&v.source)
-                    .bind(v.loaded_at.timestamp_millis())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
+            self.write_versions(versions.to_vec()).await
         })
     }
 
@@ -89,6 +75,24 @@ impl RecipeVersions for SqliteStore {
             }))
         })
     }
+}
+
+/// Inserts versions in the writer's transaction; known ones are kept.
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Sqlite>,
+    versions: &[StoredVersion],
+) -> Result<(), StoreError> {
+    for v in versions {
+        sqlx::query("INSERT INTO recipe_versions (recipe, version, file, source, loaded_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(recipe, version) DO NOTHING")
+            .bind(&v.recipe)
+            .bind(&v.version)
+            .bind(&v.file)
+            .bind(&v.source)
+            .bind(v.loaded_at.timestamp_millis())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
