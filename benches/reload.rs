@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use patchbay::emulator::ghl;
 use patchbay::recipe::validate::version_of;
+use patchbay::store::sqlite::SqliteStore;
+use patchbay::store::{RunFilter, RunState, Store};
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const RELOADS: usize = 100;
@@ -51,8 +53,13 @@ struct Bench {
 
 impl Bench {
     async fn version(&self) -> Option<String> {
-        let v: serde_json::Value = self
-            .client
+        self.status()
+            .await
+            .and_then(|v| v["recipes"][0]["version"].as_str().map(str::to_string))
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        self.client
             .get(format!("http://127.0.0.1:{}/admin/recipes", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -60,13 +67,21 @@ impl Bench {
             .ok()?
             .json()
             .await
-            .ok()?;
-        v["recipes"][0]["version"].as_str().map(str::to_string)
+            .ok()
+    }
+
+    /// How long the engine's last reload transaction took (read, validate,
+    /// record the version, swap), without the debounce.
+    async fn last_transaction(&self) -> Duration {
+        let ms = self.status().await.unwrap()["last_reload"]["duration_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        Duration::from_secs_f64(ms / 1000.0)
     }
 
     /// Saves version `i` (alternately in place and by rename) and returns
     /// how long until it serves.
-    async fn reload(&self, i: usize) -> Duration {
+    async fn reload(&self, i: usize) -> (Duration, Duration) {
         let text = recipe(i);
         let want = version_of(&text);
         let path = self.dir.join("recipes/bench.yaml");
@@ -80,7 +95,8 @@ impl Bench {
         }
         loop {
             if self.version().await.as_deref() == Some(want.as_str()) {
-                return t.elapsed();
+                let elapsed = t.elapsed();
+                return (elapsed, self.last_transaction().await);
             }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
@@ -121,8 +137,44 @@ impl Bench {
     }
 }
 
-fn percentiles(mut v: Vec<Duration>) -> String {
+/// Waits until no run is queued or running, so every phase starts without
+/// a backlog competing with acceptance for the store's writer.
+async fn drain(dir: &Path) {
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+        .await
+        .unwrap();
+    loop {
+        let mut busy = 0;
+        for status in [RunState::Queued, RunState::Running] {
+            busy += store
+                .runs(RunFilter {
+                    status: Some(status),
+                    limit: 10_000_000,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.len())
+                .unwrap_or(0);
+        }
+        if busy == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn percentiles(pairs: Vec<(Duration, Duration)>) -> String {
+    let (mut v, mut tx): (Vec<Duration>, Vec<Duration>) = pairs.into_iter().unzip();
     v.sort();
+    tx.sort();
+    let q = |v: &[Duration], q: f64| {
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1e3
+    };
+    let transaction = format!(
+        "; the reload transaction itself: p50 {:.1} ms, p99 {:.1} ms",
+        q(&tx, 0.5),
+        q(&tx, 0.99)
+    );
     let p = |q: f64| {
         v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1e3
     };
@@ -133,7 +185,7 @@ fn percentiles(mut v: Vec<Duration>) -> String {
         p(0.99),
         p(1.0),
         v.len()
-    )
+    ) + &transaction
 }
 
 fn spawn_engine(dir: &Path, port: u16, admin: u16) -> Killed {
@@ -219,6 +271,7 @@ fn main() {
         }
         let quiet = acked.load(Ordering::Relaxed) as f64 / LOAD_SECONDS as f64;
         println!("webhook events acknowledged, {SENDERS} senders, no reloads: {quiet:.0}/s");
+        drain(&dir).await;
 
         // 3. The same load with a save every second (someone editing).
         let stop = Arc::new(AtomicBool::new(false));
@@ -244,6 +297,7 @@ fn main() {
             (during / quiet - 1.0) * 100.0
         );
         println!("save -> serving under that load: {}", percentiles(paced));
+        drain(&dir).await;
 
         // 4. The same load while the file is saved again as soon as each
         // version serves: the worst case.

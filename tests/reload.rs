@@ -911,3 +911,63 @@ async fn a_changed_catalog_is_reported_as_needing_a_restart() {
     e.wait_for("the catalog back", |s| s["rejected"] == json!([]))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_keeps_unchanged_connections_and_rebuilds_changed_ones() {
+    use patchbay::catalog::Catalog;
+    use patchbay::connections::ResolvedConnection;
+    use patchbay::connectors::native::MemoryStore;
+    use patchbay::connectors::Runtime;
+
+    let a = emulator("pit-a").await;
+    let b = emulator("pit-b").await;
+    let conn = |g: &ghl::GhlEmulator, token: &str| {
+        ResolvedConnection::from_values(
+            "ghl-main",
+            "ghl",
+            &[
+                ("base_url", &g.base_url(), false),
+                ("token", token, true),
+                ("location_id", &g.config().location_id, false),
+            ],
+        )
+    };
+    let store = Arc::new(MemoryStore::default());
+    let catalog = Catalog::builtin();
+    let rt = Runtime::new(
+        catalog.clone(),
+        vec![conn(&a, "pit-a")],
+        store.clone(),
+        store,
+    );
+    let op = catalog.op("ghl.contacts.upsert").unwrap();
+    let input = |email: &str| json!({"email": email}).as_object().unwrap().clone();
+    rt.call(&op, Some("ghl-main"), &input("a@example.com"), None)
+        .await
+        .unwrap();
+    // Same values: the live state (limiter, slots, token cache) is kept.
+    assert!(rt.set_connections(vec![conn(&a, "pit-a")]).is_empty());
+    // A new base URL and token: rebuilt, and the next call uses them.
+    assert_eq!(rt.set_connections(vec![conn(&b, "pit-b")]), ["ghl-main"]);
+    rt.call(&op, Some("ghl-main"), &input("b@example.com"), None)
+        .await
+        .unwrap();
+    assert_eq!(markers(&a, "b@example.com").len(), 0);
+    assert_eq!(
+        b.requests().last().unwrap().header("authorization"),
+        Some("Bearer pit-b")
+    );
+    // Removed: calls fail clearly.
+    assert_eq!(rt.set_connections(vec![]), ["ghl-main"]);
+    let err = rt
+        .call(&op, Some("ghl-main"), &input("c@example.com"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.error
+            .message
+            .contains("no `ghl` connection named `ghl-main`"),
+        "{}",
+        err.error.message
+    );
+}
