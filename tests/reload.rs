@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -778,17 +778,27 @@ async fn soak_200_changes_while_events_stream() {
         .map(|i| (version_of(&text(i)), format!("soak m{i}")))
         .collect();
 
-    // Events stream from another task the whole time.
+    let index_by_version: HashMap<String, usize> =
+        (0..=CHANGES).map(|i| (version_of(&text(i)), i)).collect();
+    // The newest change known to serve, and the newest one written.
+    let serving = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(AtomicUsize::new(0));
+
+    // Events stream from another task the whole time; each remembers which
+    // versions could have been serving while it was accepted.
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let (e, stop) = (e.clone(), stop.clone());
+        let (serving, written) = (serving.clone(), written.clone());
         tokio::spawn(async move {
             let mut sent = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let email = format!("s{i}@example.com");
+                let lo = serving.load(Ordering::SeqCst);
                 assert_eq!(e.post(&email).await, 200);
-                sent.push(email);
+                let hi = written.load(Ordering::SeqCst);
+                sent.push((email, lo, hi));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -798,12 +808,14 @@ async fn soak_200_changes_while_events_stream() {
     let started = Instant::now();
     for i in 1..=CHANGES {
         let path = dir.join("recipes/soak.yaml");
+        written.store(i, Ordering::SeqCst);
         if i % 2 == 0 {
             atomic_write(&path, &text(i));
         } else {
             std::fs::write(&path, text(i)).unwrap();
         }
         e.wait_serving("soak", &text(i)).await;
+        serving.store(i, Ordering::SeqCst);
     }
     let reload_time = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -832,8 +844,19 @@ async fn soak_200_changes_while_events_stream() {
         versions_seen.insert(run.recipe_version.clone());
     }
     let emails_by_run = event_emails(&dir).await;
+    let window: HashMap<&str, (usize, usize)> = sent
+        .iter()
+        .map(|(e, lo, hi)| (e.as_str(), (*lo, *hi)))
+        .collect();
     for run in &runs {
         let email = &emails_by_run[&run.event_id];
+        // The version recorded is one that was serving while it was accepted.
+        let (lo, hi) = window[email.as_str()];
+        let idx = index_by_version[&run.recipe_version];
+        assert!(
+            (lo..=hi).contains(&idx),
+            "event {email} accepted while versions {lo}..={hi} served, recorded {idx}"
+        );
         let want = markers_by_version
             .get(&run.recipe_version)
             .unwrap_or_else(|| {
@@ -848,7 +871,7 @@ async fn soak_200_changes_while_events_stream() {
             "event {email}"
         );
     }
-    let unique: HashSet<&String> = sent.iter().collect();
+    let unique: HashSet<&String> = sent.iter().map(|(e, _, _)| e).collect();
     assert_eq!(unique.len(), sent.len());
     assert!(
         versions_seen.len() > 10,

@@ -1,6 +1,7 @@
 //! The file watcher behind hot reload: debounced notify events on the
-//! recipe folder (recursive), the connections file's folder and the
-//! `--catalog` folder. Editors save in several steps (write a temp file and
+//! recipe folder and the `--catalog` folder (recursive), and a cheap look
+//! every 250 ms at the roots themselves (a folder renamed over or
+//! re-linked, the connections file replaced or edited). Editors save in several steps (write a temp file and
 //! rename it, truncate then write, `.swp`/`~`/`.#` companions), `git
 //! checkout` replaces many files at once, and Kubernetes swaps a `..data`
 //! symlink: so event kinds are not trusted. A debounced batch that touches a
@@ -33,67 +34,76 @@ pub enum WatchError {
     },
 }
 
-/// One watched thing: a folder tree or a single file, with the folder
-/// around it (to see the thing itself replaced or re-linked).
+/// How often the roots themselves are looked at: a recipe folder renamed
+/// over or re-linked, a connections file replaced or edited. Cheaper than
+/// watching the folders around them, which often hold the store's busy
+/// database files.
+const ROOT_POLL: Duration = Duration::from_millis(250);
+
+/// One watched thing: a folder tree (watched recursively with notify) or a
+/// single file (looked at every [`ROOT_POLL`]).
 #[derive(Debug)]
 struct Root {
     /// Absolute, symlinks not resolved (the name users gave).
     path: PathBuf,
     /// A folder (watched recursively) rather than a file.
     tree: bool,
-    /// What `path` pointed at when the watch was set (device, inode).
-    id: Option<(u64, u64)>,
+    /// What `path` points at now, as last seen.
+    id: Option<Signature>,
+    /// A file changed at the last look: reload once it holds still, so a
+    /// write in progress is not read half-done.
+    settling: bool,
 }
+
+/// (device, inode) of what a path points at, plus size and modification
+/// time for files: a rename over it, a re-pointed symlink (Kubernetes'
+/// `..data`) or an edit in place all change it.
+type Signature = (u64, u64, u64, i64, i64);
 
 impl Root {
     fn new(path: &Path, tree: bool) -> Root {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         Root {
-            id: identity(&path),
+            id: signature(&path, tree),
             path,
             tree,
+            settling: false,
         }
     }
 
-    fn parent(&self) -> PathBuf {
-        self.path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"))
-    }
-
-    fn name(&self) -> &std::ffi::OsStr {
-        self.path.file_name().unwrap_or_default()
-    }
-
-    /// Whether an event on `p` may change what this root holds.
+    /// Whether an event on `p` may change what this tree holds.
     fn concerns(&self, p: &Path) -> bool {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if self.tree && p.starts_with(&self.path) {
-            return p == self.path || !is_editor_junk(name);
-        }
-        // In the folder around it: the root itself, or Kubernetes' `..data`
-        // swap (a mounted file is a symlink through `..data`).
-        p.parent() == Some(self.parent().as_path())
-            && (p.file_name() == Some(self.name()) || name.starts_with(".."))
+        self.tree && p.starts_with(&self.path) && (p == self.path || !is_editor_junk(name))
     }
 }
 
-/// (device, inode) of what a path points at now.
-fn identity(p: &Path) -> Option<(u64, u64)> {
+fn signature(p: &Path, tree: bool) -> Option<Signature> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+        let m = std::fs::metadata(p).ok()?;
+        Some(if tree {
+            (m.dev(), m.ino(), 0, 0, 0)
+        } else {
+            (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+        })
     }
     #[cfg(not(unix))]
     {
-        std::fs::metadata(p).ok().map(|_| (0, 0))
+        let m = std::fs::metadata(p).ok()?;
+        let t = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        Some((0, 0, m.len(), t.as_secs() as i64, t.subsec_nanos() as i64))
     }
 }
 
 /// Runs until the returned task is aborted: watches the reloader's sources
-/// and reloads after each debounced batch that concerns them.
+/// and reloads after each debounced batch that concerns them, and when a
+/// root itself was replaced or (for files) changed.
 pub fn spawn(
     reloader: Arc<Reloader>,
     debounce: Duration,
@@ -114,18 +124,6 @@ pub fn spawn(
         path: sources.recipes.display().to_string(),
         source,
     })?;
-    // The folders around the roots (not recursive), then the trees.
-    let mut parents: Vec<PathBuf> = roots.iter().map(Root::parent).collect();
-    parents.sort();
-    parents.dedup();
-    for p in &parents {
-        debouncer
-            .watch(p, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Watch {
-                path: p.display().to_string(),
-                source,
-            })?;
-    }
     for r in roots.iter().filter(|r| r.tree && r.id.is_some()) {
         debouncer
             .watch(&r.path, RecursiveMode::Recursive)
@@ -135,48 +133,67 @@ pub fn spawn(
             })?;
     }
     Ok(tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // Everything that arrived meanwhile is the same change.
-            let mut batches = vec![first];
-            while let Ok(b) = rx.try_recv() {
-                batches.push(b);
-            }
+        let mut poll = tokio::time::interval(ROOT_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
             let mut relevant = false;
-            for b in batches {
-                match b {
-                    Ok(events) => {
-                        relevant |= events.iter().any(|e| {
-                            // Reading files (the reload itself) is not a change.
-                            !matches!(e.kind, EventKind::Access(_))
-                                && e.paths.iter().any(|p| roots.iter().any(|r| r.concerns(p)))
-                        });
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    // Everything that arrived meanwhile is the same change.
+                    let mut batches = vec![first];
+                    while let Ok(b) = rx.try_recv() {
+                        batches.push(b);
                     }
-                    Err(errors) => {
-                        for e in errors {
-                            tracing::warn!(error = %e, "file watcher error");
+                    for b in batches {
+                        match b {
+                            Ok(events) => {
+                                relevant |= events.iter().any(|e| {
+                                    // Reading files (the reload itself) is not a change.
+                                    !matches!(e.kind, EventKind::Access(_))
+                                        && e.paths.iter().any(|p| roots.iter().any(|r| r.concerns(p)))
+                                });
+                            }
+                            Err(errors) => {
+                                for e in errors {
+                                    tracing::warn!(error = %e, "file watcher error");
+                                }
+                                relevant = true;
+                            }
                         }
-                        relevant = true;
                     }
                 }
-            }
-            if !relevant {
-                continue;
+                _ = poll.tick() => {}
             }
             // A folder replaced (renamed over, re-linked, deleted and made
-            // again) keeps the old watch on the old inode: watch it anew.
-            for r in roots.iter_mut().filter(|r| r.tree) {
-                let now = identity(&r.path);
-                if now != r.id {
-                    let _ = debouncer.unwatch(&r.path);
-                    if now.is_some() {
-                        if let Err(e) = debouncer.watch(&r.path, RecursiveMode::Recursive) {
-                            tracing::warn!(path = %r.path.display(), error = %e, "cannot watch the replaced folder");
-                        }
+            // again) keeps the old watch on the old inode: watch it anew. A
+            // file replaced or edited: reload.
+            for r in roots.iter_mut() {
+                let now = signature(&r.path, r.tree);
+                if now == r.id {
+                    if r.settling {
+                        r.settling = false;
+                        relevant = true;
                     }
-                    r.id = now;
+                    continue;
                 }
+                if !r.tree {
+                    r.settling = true;
+                    r.id = now;
+                    continue;
+                }
+                relevant = true;
+                let _ = debouncer.unwatch(&r.path);
+                if now.is_some() {
+                    if let Err(e) = debouncer.watch(&r.path, RecursiveMode::Recursive) {
+                        tracing::warn!(path = %r.path.display(), error = %e, "cannot watch the replaced folder");
+                    }
+                }
+                r.id = now;
             }
-            reloader.reload(Trigger::Watch).await;
+            if relevant {
+                reloader.reload(Trigger::Watch).await;
+            }
         }
         drop(debouncer);
     }))
