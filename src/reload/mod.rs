@@ -360,31 +360,48 @@ impl Reloader {
             duration_ms: 0.0,
         };
         let outcome = self.apply(&mut applied, trigger, &mut report).await;
-        match outcome {
-            Ok(false) => return None,
-            Ok(true) => {}
+        let committed = match outcome {
+            Ok(None) => return None,
+            Ok(Some(c)) => Some(c),
             Err(e) => {
                 report.result = Outcome::Error;
                 report.error = Some(e);
+                None
             }
-        }
+        };
         if report.result == Outcome::Ok && !report.rejected.is_empty() {
             report.result = Outcome::Rejected;
         }
         report.at = Utc::now();
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.record(&applied, &report);
+        // The new set serves already; the versions' commit (an fsync) ends
+        // the reload, so the next one starts after it.
+        if let Some(Err(e)) = match committed {
+            Some(c) => Some(c.await),
+            None => None,
+        } {
+            // This process has the versions in memory; after a restart,
+            // runs queued on them would run on the active version instead.
+            tracing::error!(error = %e, "could not record recipe versions; after a restart their queued runs use the active version");
+            report.error = Some(format!(
+                "the new recipe versions could not be recorded in the store: {e}"
+            ));
+            let mut status = self.status.write().expect("status lock");
+            status.last_error = Some(report.clone());
+            status.last_reload = Some(report.clone());
+        }
         Some(report)
     }
 
-    /// The transaction: `Ok(false)` when a watcher reload found nothing
+    /// The transaction: `Ok(None)` when a watcher reload found nothing
     /// changed; `Err` when nothing could be applied.
     async fn apply(
         &self,
         applied: &mut Applied,
         trigger: Trigger,
         report: &mut ReloadReport,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<crate::store::versions::Committed>, String> {
         let force = trigger != Trigger::Watch;
         // 1. Read: every recipe file, the connections file, the catalog.
         let texts = read_recipes(&self.sources.recipes)?;
@@ -405,7 +422,7 @@ impl Reloader {
             && conn_hash == applied.connections_hash
             && catalog_hash == applied.catalog_seen;
         if !force && nothing_changed && !applied.files.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
 
         // 2. The catalog is fixed for the life of the process: a changed
@@ -569,9 +586,12 @@ impl Reloader {
         report.removed.sort();
         let conn_changes = connection_changes(&applied.resolved, &resolved);
 
-        // 7. Commit: versions to the store first, so a run queued on a new
-        // version can always find it; then connections, then recipes.
-        self.svc
+        // 7. Commit: versions are queued to the store's writer first, so no
+        // event naming a new version can commit before it (one writer, in
+        // order) without waiting for an fsync here; then connections, then
+        // recipes.
+        let committed = self
+            .svc
             .store
             .save_versions(&new_versions)
             .await
@@ -608,7 +628,7 @@ impl Reloader {
         applied.resolved = resolved;
         applied.rejected = persistent;
         report.rejected = applied.rejected.values().cloned().collect();
-        Ok(true)
+        Ok(Some(committed))
     }
 
     /// Restarts the poll and schedule loops whose recipe changed, starts

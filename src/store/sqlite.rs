@@ -194,13 +194,18 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Records recipe versions in the writer's next batch.
-    pub(super) async fn write_versions(
+    /// Queues recipe versions for the writer's next batch; the returned
+    /// future ends with their commit.
+    pub(super) async fn queue_versions(
         &self,
         versions: Vec<super::versions::StoredVersion>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BoxFut<'static, Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.unit(Job::Versions { versions, reply }, rx).await
+        self.send(Job::Versions { versions, reply }).await?;
+        Ok(Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+        }))
     }
 
     async fn submit(

@@ -25,13 +25,19 @@ pub struct StoredVersion {
     pub loaded_at: DateTime<Utc>,
 }
 
+/// The commit of queued versions, awaited separately.
+pub type Committed = BoxFut<'static, Result<(), StoreError>>;
+
 /// Where recipe versions are kept.
 pub trait RecipeVersions: Send + Sync {
-    /// Records versions (already known ones are left as they are).
+    /// Queues versions to be recorded (already known ones are left as they
+    /// are) ahead of every write queued after this returns — so no event
+    /// naming one can commit before it; the returned future ends with
+    /// their commit.
     fn save_versions<'a>(
         &'a self,
         versions: &'a [StoredVersion],
-    ) -> BoxFut<'a, Result<(), StoreError>>;
+    ) -> BoxFut<'a, Result<Committed, StoreError>>;
     /// One version of a recipe, if it was ever recorded.
     fn version<'a>(
         &'a self,
@@ -44,12 +50,12 @@ impl RecipeVersions for SqliteStore {
     fn save_versions<'a>(
         &'a self,
         versions: &'a [StoredVersion],
-    ) -> BoxFut<'a, Result<(), StoreError>> {
+    ) -> BoxFut<'a, Result<Committed, StoreError>> {
         Box::pin(async move {
             if versions.is_empty() {
-                return Ok(());
+                return Ok(Box::pin(async { Ok(()) }) as Committed);
             }
-            self.write_versions(versions.to_vec()).await
+            self.queue_versions(versions.to_vec()).await
         })
     }
 
@@ -109,12 +115,16 @@ mod tests {
             source: "recipe: r".into(),
             loaded_at: Utc::now(),
         };
-        s.save_versions(std::slice::from_ref(&v)).await.unwrap();
+        s.save_versions(std::slice::from_ref(&v))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         let again = StoredVersion {
             file: "moved.yaml".into(),
             ..v.clone()
         };
-        s.save_versions(&[again]).await.unwrap();
+        s.save_versions(&[again]).await.unwrap().await.unwrap();
         let got = s.version("r", "abc").await.unwrap().unwrap();
         assert_eq!(got.file, "r.yaml");
         assert_eq!(got.source, "recipe: r");
