@@ -995,3 +995,44 @@ async fn the_runtime_keeps_unchanged_connections_and_rebuilds_changed_ones() {
         err.error.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_queued_runs_still_run_on_their_version_from_the_store() {
+    let g = emulator("pit-reload").await;
+    let v1 = recipe("alpha", "alpha v1");
+    let dir = start_dir("restart", &g, &[("alpha.yaml", &v1)]);
+    let args = ["--workers", "1", "--lease", "1s"];
+    let e = Engine::start(&dir, &args).await;
+    e.wait_serving("alpha", &v1).await;
+    g.control().set_latency(Duration::from_millis(300));
+    for i in 0..4 {
+        assert_eq!(e.post(&format!("r{i}@example.com")).await, 200);
+    }
+    // Killed with runs queued; the file changes while it is down.
+    drop(e);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = g
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/contacts/upsert")
+        .count();
+    assert!(before < 4, "the runs were to be left queued");
+    let v2 = recipe("alpha", "alpha v2");
+    std::fs::write(dir.join("recipes/alpha.yaml"), &v2).unwrap();
+    g.control().set_latency(Duration::ZERO);
+    let e = Engine::start(&dir, &args).await;
+    e.wait_serving("alpha", &v2).await;
+    assert_eq!(e.post("new@example.com").await, 200);
+    let runs = e.settle(5).await;
+    for r in &runs {
+        assert_eq!(r.status, RunState::Completed, "{r:?}");
+    }
+    for i in 0..4 {
+        let m = markers(&g, &format!("r{i}@example.com"));
+        assert!(!m.is_empty(), "r{i}");
+        // A step in flight at the kill may have been sent twice; every
+        // request came from v1.
+        assert!(m.iter().all(|m| m == "alpha v1"), "r{i}: {m:?}");
+    }
+    assert_eq!(markers(&g, "new@example.com"), ["alpha v2"]);
+}
