@@ -234,11 +234,13 @@ pub fn main() -> i32 {
 }
 
 /// Logs go to stderr; `PATCHBAY_LOG` (or `RUST_LOG`) sets the filter,
-/// default `warn`.
+/// default `warn` plus reload lines.
 fn init_logging() {
     let filter = std::env::var("PATCHBAY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+        // Reload lines are shown by default: an operator who saved a file
+        // wants to see it applied.
+        .unwrap_or_else(|_| "warn,patchbay::reload=info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
