@@ -145,6 +145,9 @@ enum Command {
         #[arg(long, default_value = "sqlite://patchbay.db")]
         store: String,
     },
+    /// Show what a running engine serves: recipe versions, rejected
+    /// files with diagnostics, the last reload (from its admin API).
+    Status(crate::status::StatusArgs),
     /// Print the recipe JSON Schema (or the connector-file or test-file schema).
     Schema {
         /// Print the connector-file schema instead.
@@ -225,6 +228,7 @@ pub fn main() -> i32 {
             recipes,
             store,
         } => crate::ops::replay(id, all_failed, recipe, &recipes, &store),
+        Command::Status(args) => crate::status::status(args),
         Command::Schema { connector, test } => {
             let s = if connector {
                 crate::schema::connector_schema()
@@ -240,11 +244,13 @@ pub fn main() -> i32 {
 }
 
 /// Logs go to stderr; `PATCHBAY_LOG` (or `RUST_LOG`) sets the filter,
-/// default `warn`.
+/// default `warn` plus reload lines.
 fn init_logging() {
     let filter = std::env::var("PATCHBAY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+        // Reload lines are shown by default: an operator who saved a file
+        // wants to see it applied.
+        .unwrap_or_else(|_| "warn,patchbay::reload=info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

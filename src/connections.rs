@@ -114,6 +114,45 @@ impl ResolvedConnection {
     pub fn get(&self, field: &str) -> Option<&FieldValue> {
         self.fields.get(field)
     }
+
+    /// Whether two resolutions give the same values (secrets included), so
+    /// a reload can keep the connection's live state.
+    pub fn same_as(&self, other: &ResolvedConnection) -> bool {
+        let limits = |c: &ResolvedConnection| serde_json::to_value(&c.rate_limits).ok();
+        self.name == other.name
+            && self.connector == other.connector
+            && self.fields == other.fields
+            && self.concurrency == other.concurrency
+            && limits(self) == limits(other)
+    }
+}
+
+/// The connections an engine serves now, by name; a reload swaps them whole.
+#[derive(Debug, Default)]
+pub struct LiveConnections(std::sync::RwLock<std::sync::Arc<HashMap<String, ResolvedConnection>>>);
+
+impl LiveConnections {
+    /// The current connections.
+    pub fn snapshot(&self) -> std::sync::Arc<HashMap<String, ResolvedConnection>> {
+        self.0.read().expect("connections lock").clone()
+    }
+
+    /// Replaces every connection.
+    pub fn replace(&self, connections: impl IntoIterator<Item = ResolvedConnection>) {
+        let map = connections
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        *self.0.write().expect("connections lock") = std::sync::Arc::new(map);
+    }
+}
+
+impl FromIterator<(String, ResolvedConnection)> for LiveConnections {
+    fn from_iter<I: IntoIterator<Item = (String, ResolvedConnection)>>(iter: I) -> Self {
+        LiveConnections(std::sync::RwLock::new(std::sync::Arc::new(
+            iter.into_iter().collect(),
+        )))
+    }
 }
 
 /// A connection value that cannot be read.

@@ -2,7 +2,6 @@
 //! polls and schedules over the durable store — and `--sandbox`, which
 //! starts the API emulators in-process so a first run needs no account.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -16,7 +15,8 @@ use crate::connectors::Runtime;
 use crate::diagnostic::Format;
 use crate::dispatch::Dispatch;
 use crate::emulator::{ghl, sendpulse};
-use crate::recipe::load::load_paths;
+use crate::recipe::load::load_texts;
+use crate::reload::{Fixed, Reloader, Sources, Trigger};
 use crate::service::{RecipeSet, Service};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -58,6 +58,16 @@ pub struct RunArgs {
     /// runs are resumed once it expires.
     #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub lease: Duration,
+    /// Address of the admin API and `/metrics` (off when not given; the
+    /// same address as `--listen` serves them next to the webhooks).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API wants (or `PATCHBAY_ADMIN_TOKEN`).
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// How long file changes settle before a reload (`100ms`).
+    #[arg(long, default_value = "100ms", value_parser = crate::duration::parse_duration)]
+    pub reload_debounce: Duration,
 }
 
 /// Sandbox addresses and credentials (fixed, so the README's curl lines work).
@@ -207,17 +217,27 @@ async fn run_async(args: RunArgs) -> i32 {
             }
         }
     };
-    let loaded = match load_paths(
-        std::slice::from_ref(&args.recipes),
-        &catalog,
-        decls.as_ref(),
-    ) {
-        Ok(l) => l,
+    let admin_token = args
+        .admin_token
+        .clone()
+        .or_else(|| std::env::var("PATCHBAY_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if args.admin_listen.is_some() && admin_token.is_none() {
+        eprintln!(
+            "error: --admin-listen needs a token: pass --admin-token or set PATCHBAY_ADMIN_TOKEN"
+        );
+        return EXIT_USAGE;
+    }
+    // The same reading as hot reload (hidden entries such as Kubernetes'
+    // `..data` skipped), validated like `patchbay validate`.
+    let texts = match crate::reload::read_recipes(&args.recipes) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_USAGE;
         }
     };
+    let loaded = load_texts(&texts, &catalog, decls.as_ref());
     if !loaded.diagnostics.is_empty() {
         print_diags(&loaded.diagnostics, Format::Human);
     }
@@ -246,9 +266,9 @@ async fn run_async(args: RunArgs) -> i32 {
         runtime: Arc::new(runtime),
         catalog,
         connections: resolved
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect::<HashMap<_, _>>(),
+            .iter()
+            .map(|c| (c.name.clone(), c.clone()))
+            .collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         dispatch: Dispatch::new(args.workers.max(1), args.lease),
         body_limit: args.body_limit,
@@ -263,7 +283,56 @@ async fn run_async(args: RunArgs) -> i32 {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = svc.spawn_workers(args.workers.max(1), stop_rx.clone());
-    let schedules = svc.spawn_schedules(stop_rx.clone());
+    // The reloader owns the poll and schedule loops: its first reload
+    // starts them and records the recipe versions in the store.
+    let reloader = Arc::new(Reloader::new(
+        svc.clone(),
+        Sources {
+            recipes: args.recipes.clone(),
+            connections: args.connections.clone(),
+            catalog: args.catalog.clone(),
+        },
+        Fixed {
+            listen: args.listen,
+            store: args.store.clone(),
+        },
+        decls,
+        resolved,
+        stop_rx.clone(),
+    ));
+    if let Some(r) = reloader.reload(Trigger::Start).await {
+        if let Some(e) = r.error {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    let watcher = match crate::reload::watch::spawn(reloader.clone(), args.reload_debounce) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("warning: {e}; recipes reload only on SIGHUP and POST /admin/reload");
+            None
+        }
+    };
+    let hangup = spawn_hangup(reloader.clone());
+    let mut admin_task = None;
+    let mut app = crate::server::router(svc.clone());
+    if let (Some(addr), Some(token)) = (args.admin_listen, admin_token) {
+        let admin = crate::reload::admin::router(reloader.clone(), Arc::from(token));
+        if addr == args.listen {
+            app = app.merge(admin);
+        } else {
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr} (admin): {e}");
+                    return EXIT_USAGE;
+                }
+            };
+            admin_task = Some(tokio::spawn(async move {
+                let _ = axum::serve(l, admin).await;
+            }));
+        }
+    }
     let pruner = {
         let (store, retention, mut stop) = (store.clone(), args.retention, stop_rx.clone());
         tokio::spawn(async move {
@@ -290,10 +359,12 @@ async fn run_async(args: RunArgs) -> i32 {
         }
     );
     println!("store: {}", args.store);
+    if let Some(a) = args.admin_listen {
+        println!("admin: http://{a}/admin/recipes (bearer token)");
+    }
     if args.sandbox {
         print_sandbox_help(args.listen);
     }
-    let app = crate::server::router(svc.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     if let Err(e) = server.await {
         eprintln!("error: server failed: {e}");
@@ -307,9 +378,14 @@ async fn run_async(args: RunArgs) -> i32 {
     );
     let _ = stop_tx.send(true);
     pruner.abort();
-    for s in schedules {
-        s.abort();
+    hangup.abort();
+    if let Some(w) = watcher {
+        w.abort();
     }
+    if let Some(a) = admin_task {
+        a.abort();
+    }
+    reloader.stop_schedules();
     let all = futures_util::future::join_all(workers);
     if tokio::time::timeout(args.grace, all).await.is_err() {
         println!("grace period over: unfinished runs resume at the next start");
@@ -320,6 +396,24 @@ async fn run_async(args: RunArgs) -> i32 {
         eprintln!("warning: could not release this process's runs ({e}); they resume once their lease expires");
     }
     EXIT_OK
+}
+
+/// Reloads on every SIGHUP.
+fn spawn_hangup(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                reloader.reload(Trigger::Signal).await;
+            }
+        }
+        #[cfg(not(unix))]
+        drop(reloader);
+    })
 }
 
 /// SIGINT or SIGTERM.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
 use crate::catalog::{Catalog, OpRef};
-use crate::connections::ResolvedConnection;
+use crate::connections::LiveConnections;
 use crate::connectors::auth::BoxFut;
 use crate::connectors::Runtime;
 use crate::dispatch::Dispatch;
@@ -26,21 +26,63 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// from another process, expired leases).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
-/// The recipes currently taking events, by name.
+/// Earlier recipe versions kept in memory for the runs bound to them; past
+/// this many, a run's version is compiled again from the store.
+const RETAINED_VERSIONS: usize = 256;
+
+/// The recipes currently taking events, by name, and the earlier versions
+/// that queued or running runs may still need.
 #[derive(Debug, Default)]
 pub struct RecipeSet {
     by_name: HashMap<String, Arc<ValidRecipe>>,
+    /// Every version seen, by (recipe, version), active ones included.
+    versions: std::sync::Mutex<HashMap<(String, String), Arc<ValidRecipe>>>,
 }
 
 impl RecipeSet {
     /// A set from valid recipes.
     pub fn new(recipes: Vec<ValidRecipe>) -> RecipeSet {
-        RecipeSet {
-            by_name: recipes
-                .into_iter()
-                .map(|r| (r.name.clone(), Arc::new(r)))
-                .collect(),
+        RecipeSet::from_arcs(recipes.into_iter().map(Arc::new).collect(), HashMap::new())
+    }
+
+    fn from_arcs(
+        recipes: Vec<Arc<ValidRecipe>>,
+        mut versions: HashMap<(String, String), Arc<ValidRecipe>>,
+    ) -> RecipeSet {
+        if versions.len() + recipes.len() > RETAINED_VERSIONS {
+            versions.clear();
         }
+        for r in &recipes {
+            versions.insert((r.name.clone(), r.version.clone()), r.clone());
+        }
+        RecipeSet {
+            by_name: recipes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            versions: std::sync::Mutex::new(versions),
+        }
+    }
+
+    /// The set after a reload: `recipes` take new events; the versions of
+    /// this set stay reachable for the runs bound to them.
+    pub fn succeed(&self, recipes: Vec<Arc<ValidRecipe>>) -> RecipeSet {
+        let versions = self.versions.lock().expect("versions lock").clone();
+        RecipeSet::from_arcs(recipes, versions)
+    }
+
+    /// A version of a recipe, active or earlier, if still in memory.
+    pub fn version(&self, name: &str, version: &str) -> Option<Arc<ValidRecipe>> {
+        let versions = self.versions.lock().expect("versions lock");
+        versions
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    /// Keeps a version (compiled from the store) for the next runs on it.
+    pub fn remember(&self, recipe: Arc<ValidRecipe>) {
+        let mut versions = self.versions.lock().expect("versions lock");
+        if versions.len() >= RETAINED_VERSIONS {
+            versions.retain(|(name, v), _| self.by_name.get(name).is_some_and(|a| a.version == *v));
+        }
+        versions.insert((recipe.name.clone(), recipe.version.clone()), recipe);
     }
 
     /// A recipe by name.
@@ -83,8 +125,8 @@ pub struct Service {
     pub runtime: Arc<Runtime>,
     /// The catalog.
     pub catalog: Catalog,
-    /// Connections by name.
-    pub connections: HashMap<String, ResolvedConnection>,
+    /// Connections by name (swapped by a reload).
+    pub connections: LiveConnections,
     /// The active recipes.
     pub recipes: RwLock<Arc<RecipeSet>>,
     /// Hands claimed runs to the workers.
@@ -256,7 +298,9 @@ impl Service {
         run: crate::store::ClaimedRun,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let Some(recipe) = self.recipes().get(&run.recipe) else {
+        // The version the run was queued on, even if its file changed or
+        // was deleted since (src/reload/versions.rs).
+        let Some(recipe) = self.recipe_for_run(&run).await else {
             drop(slot);
             let report = RunReport {
                 run_id: run.id.clone(),
@@ -310,17 +354,21 @@ impl Service {
         self: &Arc<Self>,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for r in self.recipes().all() {
-            if matches!(r.trigger.kind, TriggerKind::Webhook(_)) {
-                continue;
-            }
-            let (svc, r, stop) = (self.clone(), r.clone(), stop.clone());
-            tasks.push(tokio::spawn(
-                async move { svc.schedule_loop(r, stop).await },
-            ));
-        }
-        tasks
+        self.recipes()
+            .all()
+            .filter(|r| !matches!(r.trigger.kind, TriggerKind::Webhook(_)))
+            .map(|r| self.spawn_schedule(r.clone(), stop.clone()))
+            .collect()
+    }
+
+    /// Starts the loop of one poll or schedule trigger.
+    pub fn spawn_schedule(
+        self: &Arc<Self>,
+        recipe: Arc<ValidRecipe>,
+        stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let svc = self.clone();
+        tokio::spawn(async move { svc.schedule_loop(recipe, stop).await })
     }
 
     async fn schedule_loop(

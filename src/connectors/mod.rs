@@ -11,7 +11,7 @@ pub mod request;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -89,6 +89,40 @@ pub trait Transport: Send + Sync {
     fn answer(&self, op: &str, connection: &str, request: &Prepared) -> Result<Reply, StepError>;
 }
 
+impl Conn {
+    /// The live state of a connection; `None` when its connector is unknown.
+    fn build(catalog: &Catalog, c: ResolvedConnection) -> Option<Conn> {
+        let def = catalog.connector(&c.connector).cloned()?;
+        let windows: Vec<(u32, Duration)> = c
+            .rate_limits
+            .as_ref()
+            .unwrap_or(&def.rate_limits)
+            .iter()
+            .filter_map(|w| parse_duration(&w.per).ok().map(|d| (w.requests, d)))
+            .collect();
+        let concurrency = c.concurrency.or(def.concurrency).unwrap_or(32) as usize;
+        let base_url = c
+            .get("base_url")
+            .map(|v| v.expose().to_string())
+            .or_else(|| def.base_url.clone())
+            .unwrap_or_default();
+        let timeout = def
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT);
+        Some(Conn {
+            limiter: RateLimiter::new(&windows),
+            slots: Semaphore::new(concurrency.max(1)),
+            auth: AuthState::default(),
+            base_url,
+            timeout,
+            def,
+            resolved: c,
+        })
+    }
+}
+
 /// Shared by every run of one engine (or one `fire`).
 pub struct Runtime {
     /// Built on first use: canned runs never need it.
@@ -96,7 +130,8 @@ pub struct Runtime {
     /// When set, requests are answered here instead of sent.
     transport: Option<Arc<dyn Transport>>,
     catalog: Catalog,
-    conns: HashMap<String, Arc<Conn>>,
+    /// Swapped whole by a reload; a run holds the `Conn` it took.
+    conns: RwLock<Arc<HashMap<String, Arc<Conn>>>>,
     store: Arc<dyn LinkStore>,
     tokens: Arc<dyn TokenStore>,
     outputs: HashMap<String, JsonPath>,
@@ -135,47 +170,15 @@ impl Runtime {
                 }
             }
         }
-        let mut conns = HashMap::new();
-        for c in connections {
-            let Some(def) = catalog.connector(&c.connector).cloned() else {
-                continue;
-            };
-            let windows: Vec<(u32, Duration)> = c
-                .rate_limits
-                .as_ref()
-                .unwrap_or(&def.rate_limits)
-                .iter()
-                .filter_map(|w| parse_duration(&w.per).ok().map(|d| (w.requests, d)))
-                .collect();
-            let concurrency = c.concurrency.or(def.concurrency).unwrap_or(32) as usize;
-            let base_url = c
-                .get("base_url")
-                .map(|v| v.expose().to_string())
-                .or_else(|| def.base_url.clone())
-                .unwrap_or_default();
-            let timeout = def
-                .timeout
-                .as_deref()
-                .and_then(|t| parse_duration(t).ok())
-                .unwrap_or(DEFAULT_TIMEOUT);
-            conns.insert(
-                c.name.clone(),
-                Arc::new(Conn {
-                    limiter: RateLimiter::new(&windows),
-                    slots: Semaphore::new(concurrency.max(1)),
-                    auth: AuthState::default(),
-                    base_url,
-                    timeout,
-                    def,
-                    resolved: c,
-                }),
-            );
-        }
+        let conns = connections
+            .into_iter()
+            .filter_map(|c| Some((c.name.clone(), Arc::new(Conn::build(&catalog, c)?))))
+            .collect();
         Runtime {
             client: OnceLock::new(),
             transport: None,
             catalog,
-            conns,
+            conns: RwLock::new(Arc::new(conns)),
             store,
             tokens,
             outputs,
@@ -201,6 +204,35 @@ impl Runtime {
     pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Runtime {
         self.transport = Some(transport);
         self
+    }
+
+    /// Replaces the connections for new requests (hot reload). A connection
+    /// whose values did not change keeps its live state (rate limiter,
+    /// concurrency slots, cached token); requests in flight finish on the
+    /// state they took. Returns the names of connections added, changed or
+    /// removed.
+    pub fn set_connections(&self, connections: Vec<ResolvedConnection>) -> Vec<String> {
+        let mut conns = self.conns.write().expect("connections lock");
+        let mut next = HashMap::new();
+        let mut touched = Vec::new();
+        for c in connections {
+            match conns.get(&c.name) {
+                Some(old) if old.resolved.same_as(&c) => {
+                    next.insert(c.name.clone(), old.clone());
+                }
+                _ => {
+                    touched.push(c.name.clone());
+                    if let Some(conn) = Conn::build(&self.catalog, c.clone()) {
+                        next.insert(c.name, Arc::new(conn));
+                    }
+                }
+            }
+        }
+        touched.extend(conns.keys().filter(|k| !next.contains_key(*k)).cloned());
+        touched.sort();
+        touched.dedup();
+        *conns = Arc::new(next);
+        touched
     }
 
     /// Records requests instead of sending them (`fire --dry-run`).
@@ -231,8 +263,9 @@ impl Runtime {
     /// operation's connector.
     fn conn_for(&self, op: &OpRef, name: Option<&str>) -> Result<Option<Arc<Conn>>, StepError> {
         let connector = &op.connector().connector;
+        let conns = self.conns.read().expect("connections lock").clone();
         if let Some(n) = name {
-            return match self.conns.get(n) {
+            return match conns.get(n) {
                 Some(c) if c.resolved.connector == *connector => Ok(Some(c.clone())),
                 _ => Err(StepError::new(
                     ErrorKind::InvalidInput,
@@ -240,8 +273,7 @@ impl Runtime {
                 )),
             };
         }
-        let mut fitting = self
-            .conns
+        let mut fitting = conns
             .values()
             .filter(|c| c.resolved.connector == *connector);
         match (fitting.next(), fitting.next()) {

@@ -67,7 +67,8 @@ async fn hook(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let Some(conn) = svc.connections.get(&connection) else {
+    let connections = svc.connections.snapshot();
+    let Some(conn) = connections.get(&connection) else {
         return reject(
             &svc,
             &connection,

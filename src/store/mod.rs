@@ -6,6 +6,7 @@
 //! process can take over a crashed one's work.
 
 pub mod sqlite;
+pub mod versions;
 mod writer;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use crate::connectors::auth::{BoxFut, TokenStore};
 use crate::connectors::native::LinkStore;
 use crate::engine::{RunReport, StepRecord};
+use versions::RecipeVersions;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +215,7 @@ pub struct RunFilter {
 pub type RunDetail = (RunSummary, Vec<StepRecord>);
 
 /// What the engine needs from a store.
-pub trait Store: LinkStore + TokenStore + Send + Sync {
+pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
     /// Stores events and their runs atomically (one transaction per batch
     /// of concurrent ingests), skipping duplicates, and records the delivery.
     fn ingest(

@@ -61,6 +61,10 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO dedupe2 SELECT key, expires_at FROM dedupe;
      DROP TABLE dedupe;
      ALTER TABLE dedupe2 RENAME TO dedupe;",
+    // 3: the source of every recipe version an engine activated (hot reload).
+    "CREATE TABLE recipe_versions (
+        recipe TEXT NOT NULL, version TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL,
+        loaded_at INTEGER NOT NULL, PRIMARY KEY (recipe, version));",
 ];
 
 /// The SQLite store.
@@ -100,6 +104,25 @@ impl SqliteStore {
         migrate(&pool).await?;
         let tx = writer::start(opts.get_filename())?;
         Ok(SqliteStore { pool, writer: tx })
+    }
+
+    /// The read pool.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Queues recipe versions for the writer's next batch; the returned
+    /// future ends with their commit.
+    pub(super) async fn queue_versions(
+        &self,
+        versions: Vec<super::versions::StoredVersion>,
+    ) -> Result<BoxFut<'static, Result<(), StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Versions { versions, reply }).await?;
+        Ok(Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+        }))
     }
 
     async fn submit(

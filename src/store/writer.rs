@@ -48,6 +48,12 @@ pub(super) enum Job {
         lease: Option<Duration>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Recipe versions (hot reload): through the writer, so they never wait
+    /// in the busy handler and commit before any event naming them.
+    Versions {
+        versions: Vec<super::versions::StoredVersion>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Store finished steps and extend the lease.
     Checkpoint {
         run_id: String,
@@ -222,7 +228,9 @@ fn failed(job: Job, msg: &str) -> Answer {
         Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
         Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
         Job::Leases { reply, .. } => Answer::Count(reply, Err(e)),
-        Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } => Answer::Unit(reply, Err(e)),
+        Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } | Job::Versions { reply, .. } => {
+            Answer::Unit(reply, Err(e))
+        }
     }
 }
 
@@ -255,6 +263,9 @@ fn apply(c: &Connection, job: Job, now: i64) -> Answer {
             lease,
             reply,
         } => Answer::Unit(reply, checkpoint(c, &run_id, &records, lease, now)),
+        Job::Versions { versions, reply } => {
+            Answer::Unit(reply, super::versions::insert(c, &versions))
+        }
         Job::Finish {
             run_id,
             records,
