@@ -52,7 +52,7 @@ function request()
   local items = {}
   for i = 1, per do
     n = n + 1
-    items[i] = '{"event":"new_emails","book_id":"7","email":"t' .. id .. '-' .. n .. '@example.com","timestamp":"1"}'
+    items[i] = '{"event":"new_emails","book_id":"7","email":"t' .. id .. '-' .. n .. '@example.com","timestamp":"' .. os.time() .. '"}'
   end
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, "[" .. table.concat(items, ",") .. "]")
 end
@@ -132,7 +132,7 @@ fn spawn_engine(dir: &Path) -> (Killed, u16, u32) {
             "--store",
             "sqlite://store.db",
             "--workers",
-            "32",
+            "64",
         ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
@@ -224,7 +224,8 @@ async fn fixed_rate(dir: &Path, per_second: u32) {
         tick.tick().await;
         let (client, url, lat) = (client.clone(), url.clone(), lat.clone());
         tasks.push(tokio::spawn(async move {
-            let body = format!("[{{\"event\":\"new_emails\",\"book_id\":\"7\",\"email\":\"fixed{i}@example.com\",\"timestamp\":\"1\"}}]");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let body = format!("[{{\"event\":\"new_emails\",\"book_id\":\"7\",\"email\":\"fixed{i}@example.com\",\"timestamp\":\"{now}\"}}]");
             let t = Instant::now();
             let r = client.post(&url).header("content-type", "application/json").body(body).send().await;
             if matches!(r, Ok(ref r) if r.status().is_success()) {

@@ -333,11 +333,12 @@ impl Service {
             &sink,
         )
         .await;
-        // The worker's place is free while the end is being committed.
-        drop(slot);
         if let Err(e) = self.store.finish(&report).await {
             tracing::error!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
         }
+        // The place is held until the end is committed: `--workers` bounds
+        // the steps in flight (sent, not yet recorded) at any moment.
+        drop(slot);
         self.dispatch.ended(&run);
         match report.status {
             RunStatus::Failed => {
@@ -517,7 +518,7 @@ impl Service {
                 .map(|v| v.to_string())
                 .unwrap_or_default();
             let mut ev = self.event_for(op, &connection, rec, &only);
-            ev.dedupe_key = Some(format!("poll:{}:{id}:{stamp}", recipe.name));
+            ev.dedupe_key = Some(format!("poll:{}:{stamp}:{id}", recipe.name));
             events.push(ev);
         }
         let n = events.len();

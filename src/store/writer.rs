@@ -73,48 +73,40 @@ pub(super) enum Job {
     },
 }
 
-/// A job's answer, sent only after its transaction committed.
-enum Answer {
-    Ingest(
-        oneshot::Sender<Result<Ingested, StoreError>>,
-        Result<Ingested, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
-        Result<Vec<ClaimedRun>, StoreError>,
-    ),
-    Unit(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Count(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
+/// What a job did, sent to its caller only after its transaction committed.
+enum Done {
+    Ingested(Ingested),
+    Claimed(Vec<ClaimedRun>),
+    Count(u64),
+    Unit,
 }
 
-impl Answer {
-    fn send(self) {
-        match self {
-            Answer::Ingest(r, v) => drop(r.send(v)),
-            Answer::Claim(r, v) => drop(r.send(v)),
-            Answer::Unit(r, v) => drop(r.send(v)),
-            Answer::Count(r, v) => drop(r.send(v)),
+impl Job {
+    /// Answers the job's caller.
+    fn reply(self, result: Result<Done, StoreError>) {
+        match (self, result) {
+            (Job::Ingest { reply, .. }, Ok(Done::Ingested(n))) => drop(reply.send(Ok(n))),
+            (Job::Ingest { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Job::Claim { reply, .. }, Ok(Done::Claimed(r))) => drop(reply.send(Ok(r))),
+            (Job::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Job::Leases { reply, .. }, Ok(Done::Count(n))) => drop(reply.send(Ok(n))),
+            (Job::Leases { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (
+                Job::Versions { reply, .. }
+                | Job::Checkpoint { reply, .. }
+                | Job::Finish { reply, .. },
+                r,
+            ) => drop(reply.send(r.map(|_| ()))),
+            (_, Ok(_)) => unreachable!("each job has one kind of result"),
         }
     }
+}
 
-    /// The commit failed: the job fails with it.
-    fn fail(self, msg: &str) {
-        let e = || StoreError::Corrupt {
-            what: "write",
-            detail: msg.to_string(),
-        };
-        match self {
-            Answer::Ingest(r, _) => drop(r.send(Err(e()))),
-            Answer::Claim(r, _) => drop(r.send(Err(e()))),
-            Answer::Unit(r, _) => drop(r.send(Err(e()))),
-            Answer::Count(r, _) => drop(r.send(Err(e()))),
-        }
+/// A write error as every job of a failed batch reports it.
+fn write_error(msg: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: "write",
+        detail: msg.to_string(),
     }
 }
 
@@ -141,9 +133,10 @@ pub(super) fn start(path: &std::path::Path) -> Result<mpsc::Sender<Job>, StoreEr
     Ok(tx)
 }
 
-/// Takes every waiting job, applies them in one transaction (each in its
-/// own savepoint, so one failing job does not take the others with it),
-/// and answers each after the commit.
+/// Takes every waiting job, applies them in one transaction and answers
+/// each after the commit. When a job fails, the batch is rolled back and
+/// its jobs are applied again one transaction each, so a bad job fails
+/// alone (savepoints per job would copy every page they touch).
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut last_reap = 0i64;
     let mut busy = false;
@@ -167,104 +160,98 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
         busy = jobs.len() > 1;
         let now = super::sqlite::now_ms();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let msg = e.to_string();
-                jobs.into_iter().for_each(|j| failed(j, &msg).send());
-                continue;
-            }
-        };
         // Runs whose lease expired (their process died) are queued again.
-        if now - last_reap > REAP_EVERY_MS {
+        let reap_now = now - last_reap > REAP_EVERY_MS;
+        if reap_now {
             last_reap = now;
-            let _ = reap(&tx, now);
         }
-        let mut answers = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let answer = match tx.savepoint() {
-                Ok(mut sp) => {
-                    let answer = apply(&sp, job, now);
-                    let ok = answer.is_ok();
-                    if ok {
-                        let _ = sp.commit();
-                    } else {
-                        let _ = sp.rollback();
-                    }
-                    answer
+        match batch(&mut conn, &jobs, now, reap_now) {
+            Ok(done) => jobs
+                .into_iter()
+                .zip(done)
+                .for_each(|(job, d)| job.reply(Ok(d))),
+            Err(BatchError::Commit(msg)) => jobs
+                .into_iter()
+                .for_each(|job| job.reply(Err(write_error(&msg)))),
+            Err(BatchError::Job) => {
+                for job in jobs {
+                    let r = alone(&mut conn, &job, now);
+                    job.reply(r);
                 }
-                Err(e) => failed(job, &e.to_string()),
-            };
-            answers.push(answer);
-        }
-        match tx.commit() {
-            Ok(()) => answers.into_iter().for_each(Answer::send),
-            Err(e) => {
-                let msg = e.to_string();
-                answers.into_iter().for_each(|a| a.fail(&msg));
             }
         }
     }
 }
 
-impl Answer {
-    fn is_ok(&self) -> bool {
-        match self {
-            Answer::Ingest(_, r) => r.is_ok(),
-            Answer::Claim(_, r) => r.is_ok(),
-            Answer::Unit(_, r) => r.is_ok(),
-            Answer::Count(_, r) => r.is_ok(),
-        }
-    }
+/// Why a batch did not commit.
+enum BatchError {
+    /// A job failed: retry the jobs one by one.
+    Job,
+    /// The transaction could not begin or commit: every job fails.
+    Commit(String),
 }
 
-/// A job answered with an error before it ran.
-fn failed(job: Job, msg: &str) -> Answer {
-    let e = StoreError::Corrupt {
-        what: "write",
-        detail: msg.to_string(),
-    };
-    match job {
-        Job::Ingest { reply, .. } => Answer::Ingest(reply, Err(e)),
-        Job::Claim { reply, .. } => Answer::Claim(reply, Err(e)),
-        Job::Leases { reply, .. } => Answer::Count(reply, Err(e)),
-        Job::Checkpoint { reply, .. } | Job::Finish { reply, .. } | Job::Versions { reply, .. } => {
-            Answer::Unit(reply, Err(e))
-        }
+/// Every job in one transaction.
+fn batch(
+    conn: &mut Connection,
+    jobs: &[Job],
+    now: i64,
+    reap_now: bool,
+) -> Result<Vec<Done>, BatchError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| BatchError::Commit(e.to_string()))?;
+    if reap_now {
+        let _ = reap(&tx, now);
     }
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        done.push(apply(&tx, job, now).map_err(|_| BatchError::Job)?);
+    }
+    tx.commit().map_err(|e| BatchError::Commit(e.to_string()))?;
+    Ok(done)
 }
 
-fn apply(c: &Connection, job: Job, now: i64) -> Answer {
-    match job {
+/// One job in its own transaction.
+fn alone(conn: &mut Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let done = apply(&tx, job, now)?;
+    tx.commit()?;
+    Ok(done)
+}
+
+fn apply(c: &Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
+    Ok(match job {
         Job::Ingest {
             delivery,
             events,
             cursor,
             claim,
-            reply,
-        } => Answer::Ingest(
-            reply,
-            ingest(c, delivery, events, cursor, claim.as_ref(), now),
-        ),
-        Job::Leases {
-            owner,
-            lease,
-            reply,
-        } => Answer::Count(reply, leases(c, &owner, lease, now)),
+            ..
+        } => Done::Ingested(ingest(
+            c,
+            delivery.as_ref(),
+            events,
+            cursor.as_ref(),
+            claim.as_ref(),
+            now,
+        )?),
+        Job::Leases { owner, lease, .. } => Done::Count(leases(c, owner, *lease, now)?),
         Job::Claim {
-            worker,
-            lease,
-            max,
-            reply,
-        } => Answer::Claim(reply, claim(c, &worker, lease, max, now)),
+            worker, lease, max, ..
+        } => Done::Claimed(claim(c, worker, *lease, *max, now)?),
         Job::Checkpoint {
             run_id,
             records,
             lease,
-            reply,
-        } => Answer::Unit(reply, checkpoint(c, &run_id, &records, lease, now)),
-        Job::Versions { versions, reply } => {
-            Answer::Unit(reply, super::versions::insert(c, &versions))
+            ..
+        } => {
+            checkpoint(c, run_id, records, *lease, now)?;
+            Done::Unit
+        }
+        Job::Versions { versions, .. } => {
+            super::versions::insert(c, versions)?;
+            Done::Unit
         }
         Job::Finish {
             run_id,
@@ -272,12 +259,20 @@ fn apply(c: &Connection, job: Job, now: i64) -> Answer {
             status,
             failed_step,
             error,
-            reply,
-        } => Answer::Unit(
-            reply,
-            finish(c, &run_id, &records, status, failed_step, error, now),
-        ),
-    }
+            ..
+        } => {
+            finish(
+                c,
+                run_id,
+                records,
+                *status,
+                failed_step.as_deref(),
+                error.as_deref(),
+                now,
+            )?;
+            Done::Unit
+        }
+    })
 }
 
 fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
@@ -288,9 +283,9 @@ fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
 
 fn ingest(
     c: &Connection,
-    delivery: Option<Delivery>,
-    events: Vec<NewEvent>,
-    cursor: Option<(String, String)>,
+    delivery: Option<&Delivery>,
+    events: &[NewEvent],
+    cursor: Option<&(String, String)>,
     claim: Option<&ClaimFor>,
     now: i64,
 ) -> Result<Ingested, StoreError> {
@@ -309,7 +304,7 @@ fn ingest(
         c.prepare_cached("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![ev.id, ev.connection, ev.operation, ev.payload.to_string(), now])?;
         n.events += 1;
-        for run in ev.runs {
+        for run in &ev.runs {
             let next = match seq {
                 Some(s) => s + 1,
                 None => c
@@ -333,11 +328,11 @@ fn ingest(
                     c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?9)")?
                         .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, cl.owner, now + cl.lease.as_millis() as i64, now])?;
                     n.claimed.push(ClaimedRun {
-                        id: run.id,
-                        recipe: run.recipe,
-                        recipe_version: run.recipe_version,
+                        id: run.id.clone(),
+                        recipe: run.recipe.clone(),
+                        recipe_version: run.recipe_version.clone(),
                         payload: ev.payload.clone(),
-                        ordering_key: run.ordering_key,
+                        ordering_key: run.ordering_key.clone(),
                         started_at: super::sqlite::to_time(now),
                         done: Vec::new(),
                     });
@@ -349,11 +344,11 @@ fn ingest(
             }
         }
     }
-    if let Some(d) = &delivery {
+    if let Some(d) = delivery {
         c.prepare_cached("INSERT INTO deliveries (connection, status, outcome, events, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![d.connection, d.status, d.outcome, d.events, d.received_at.timestamp_millis()])?;
     }
-    if let Some((name, value)) = &cursor {
+    if let Some((name, value)) = cursor {
         c.prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
             .execute(params![name, value])?;
     }
@@ -495,8 +490,8 @@ fn finish(
     run_id: &str,
     records: &[String],
     status: RunState,
-    failed_step: Option<String>,
-    error: Option<String>,
+    failed_step: Option<&str>,
+    error: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     let stored: i64 = c
