@@ -82,6 +82,8 @@ pub mod sandbox {
     pub const LOCATION: &str = "sandboxLocation000001";
     /// The SendPulse webhook token.
     pub const WEBHOOK_TOKEN: &str = "sandbox-webhook-token";
+    /// The SendPulse address book of the README's delivery.
+    pub const BOOK_ID: i64 = 490686;
     /// SendPulse client id.
     pub const SP_CLIENT_ID: &str = "sandbox-client-id";
     /// SendPulse client secret.
@@ -130,6 +132,8 @@ async fn start_sandbox(
         ..Default::default()
     })
     .await?;
+    // The address book the bundled recipes and the README's delivery use.
+    s.insert_book_with_id(sandbox::BOOK_ID, "Leads");
     let conns = vec![
         ResolvedConnection::from_values(
             "ghl-main",

@@ -177,6 +177,22 @@ impl SendPulseEmulator {
         self.shared.lock().new_book(name)
     }
 
+    /// Creates an address book with a given id (the sandbox's, which the
+    /// bundled recipes and the README name).
+    pub fn insert_book_with_id(&self, id: i64, name: &str) {
+        let mut st = self.shared.lock();
+        st.books.insert(
+            id,
+            Book {
+                id,
+                name: name.into(),
+                created: now(),
+                subscribers: vec![],
+                variables: vec![],
+            },
+        );
+    }
+
     /// Stores a CRM contact: the given fields over defaults (`responsibleId`
     /// the owner, `createdAt` / `updatedAt` now unless given); its id.
     pub fn insert_crm_contact(&self, contact: Value) -> i64 {
