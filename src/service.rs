@@ -568,9 +568,15 @@ pub fn next_due(
         TriggerKind::Every(d) | TriggerKind::Poll { every: d, .. } => {
             last + chrono::Duration::from_std(*d).unwrap_or_default()
         }
-        TriggerKind::Cron { cron, zone, .. } => zone
-            .next_after(cron, last)
-            .unwrap_or(now + chrono::Duration::days(365)),
+        TriggerKind::Cron {
+            cron, utc_offset, ..
+        } => {
+            let tz = chrono::FixedOffset::east_opt(*utc_offset)
+                .unwrap_or(chrono::FixedOffset::east_opt(0).expect("zero offset"));
+            cron.find_next_occurrence(&last.with_timezone(&tz), false)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now + chrono::Duration::days(365))
+        }
         TriggerKind::Webhook(_) => now + chrono::Duration::days(365),
     }
 }

@@ -54,50 +54,9 @@ pub enum TriggerKind {
         cron: Box<croner::Cron>,
         /// The expression as written.
         expr: String,
-        /// The zone the expression is read in.
-        zone: Zone,
+        /// Offset from UTC in seconds.
+        utc_offset: i32,
     },
-}
-
-/// The time zone of a `cron` trigger.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Zone {
-    /// UTC or a fixed offset (seconds east of UTC).
-    Fixed(i32),
-    /// An IANA zone such as `Europe/Berlin`, with its daylight saving rules.
-    Named(chrono_tz::Tz),
-}
-
-impl Zone {
-    /// `UTC`, an offset like `+02:00`, or an IANA zone name.
-    pub fn parse(s: &str) -> Option<Zone> {
-        if let Some(o) = parse_utc_offset(s) {
-            return Some(Zone::Fixed(o));
-        }
-        s.parse::<chrono_tz::Tz>().ok().map(Zone::Named)
-    }
-
-    /// The next time `cron` matches after `after`, read in this zone
-    /// (croner moves jobs out of a daylight-saving gap and runs them once
-    /// in an overlap).
-    pub fn next_after(
-        &self,
-        cron: &croner::Cron,
-        after: chrono::DateTime<chrono::Utc>,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        match self {
-            Zone::Fixed(o) => {
-                let tz = chrono::FixedOffset::east_opt(*o)?;
-                cron.find_next_occurrence(&after.with_timezone(&tz), false)
-                    .ok()
-                    .map(|t| t.with_timezone(&chrono::Utc))
-            }
-            Zone::Named(tz) => cron
-                .find_next_occurrence(&after.with_timezone(tz), false)
-                .ok()
-                .map(|t| t.with_timezone(&chrono::Utc)),
-        }
-    }
 }
 
 /// A valid trigger.
@@ -415,27 +374,23 @@ impl Validator<'_> {
             },
             None => None,
         };
-        let zone = match &t.timezone {
-            Some(tz) => match Zone::parse(&tz.value) {
-                Some(z) => z,
+        let utc_offset = match &t.timezone {
+            Some(tz) => match parse_utc_offset(&tz.value) {
+                Some(o) => o,
                 None => {
-                    let names = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name());
-                    let hint = crate::diagnostic::did_you_mean(&tz.value, names)
-                        .map(|n| format!("; {n}"))
-                        .unwrap_or_default();
                     self.error(
                         tz.pos,
                         "invalid-timezone",
                         format!(
-                            "time zone `{}` is not `UTC`, an offset like `+02:00` or an IANA zone like `Europe/Berlin`{hint}",
+                            "time zone `{}` is not `UTC` or an offset like `+02:00`",
                             tz.value
                         ),
                     );
                     ok = false;
-                    Zone::Fixed(0)
+                    0
                 }
             },
-            None => Zone::Fixed(0),
+            None => 0,
         };
         if t.timezone.is_some() && t.cron.is_none() {
             let pos = t.timezone.as_ref().map(|z| z.pos).unwrap_or(t.pos);
@@ -526,7 +481,7 @@ impl Validator<'_> {
                     (None, Some(c)) => TriggerKind::Cron {
                         cron: Box::new(c),
                         expr: t.cron.as_ref().map(|c| c.value.clone()).unwrap_or_default(),
-                        zone,
+                        utc_offset,
                     },
                     (None, None) => return None,
                 }
@@ -1391,65 +1346,4 @@ pub fn version_of(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::{TimeZone, Utc};
-
-    #[test]
-    fn an_iana_zone_follows_daylight_saving_time() {
-        let zone = Zone::parse("Europe/Berlin").unwrap();
-        let cron = "30 7 * * *".parse::<croner::Cron>().unwrap();
-        // Winter: UTC+1; summer: UTC+2.
-        let jan = Utc.with_ymd_and_hms(2026, 1, 14, 12, 0, 0).unwrap();
-        let jul = Utc.with_ymd_and_hms(2026, 7, 14, 12, 0, 0).unwrap();
-        assert_eq!(
-            zone.next_after(&cron, jan).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 15, 6, 30, 0).unwrap()
-        );
-        assert_eq!(
-            zone.next_after(&cron, jul).unwrap(),
-            Utc.with_ymd_and_hms(2026, 7, 15, 5, 30, 0).unwrap()
-        );
-        // A fixed offset does not move.
-        let fixed = Zone::parse("+01:00").unwrap();
-        assert_eq!(
-            fixed.next_after(&cron, jul).unwrap(),
-            Utc.with_ymd_and_hms(2026, 7, 15, 6, 30, 0).unwrap()
-        );
-    }
-
-    #[test]
-    fn a_job_in_the_spring_forward_gap_still_runs_that_day() {
-        // 2026-03-29 02:30 does not exist in Berlin (02:00 -> 03:00).
-        let zone = Zone::parse("Europe/Berlin").unwrap();
-        let cron = "30 2 * * *".parse::<croner::Cron>().unwrap();
-        let before = Utc.with_ymd_and_hms(2026, 3, 28, 12, 0, 0).unwrap();
-        let next = zone.next_after(&cron, before).unwrap();
-        assert_eq!(
-            next.date_naive(),
-            chrono::NaiveDate::from_ymd_opt(2026, 3, 29).unwrap()
-        );
-    }
-
-    #[test]
-    fn a_misspelt_zone_is_rejected_with_a_suggestion() {
-        let text = "recipe: r\ntrigger:\n  cron: \"0 9 * * *\"\n  timezone: Europe/Berln\nsteps:\n  - id: ping\n    action: http.request\n    with: { method: GET, url: \"https://example.com\" }\n";
-        let catalog = crate::catalog::Catalog::builtin();
-        let loaded =
-            crate::recipe::load::load_texts(&[("r.yaml".into(), text.into())], &catalog, None);
-        let d = loaded
-            .diagnostics
-            .iter()
-            .find(|d| d.code == "invalid-timezone")
-            .expect("an invalid-timezone diagnostic");
-        assert!(
-            d.message.contains("did you mean 'Europe/Berlin'?"),
-            "{}",
-            d.message
-        );
-        assert_eq!((d.line, d.column), (4, 13));
-    }
 }
