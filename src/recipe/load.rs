@@ -54,7 +54,7 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(p)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, is_recipe_file, &mut out)?;
         } else if !crate::testing::file::is_test_file(p) {
             // A test file named on the command line is checked as a test
             // file (`validate`), never read as a recipe.
@@ -64,15 +64,16 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The files under `dir` (recursively, in name order) that `keep` accepts.
+pub fn walk(dir: &Path, keep: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_recipe_file(&p) {
+            walk(&p, keep, out)?;
+        } else if keep(&p) {
             out.push(p);
         }
     }

@@ -108,11 +108,12 @@ async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
         out,
         "# HELP patchbay_reloads_total Reloads of recipes and connections by result.\n# TYPE patchbay_reloads_total counter"
     );
-    for (i, label) in ["ok", "rejected", "error"].iter().enumerate() {
+    for outcome in super::Outcome::ALL {
         let _ = writeln!(
             out,
-            "patchbay_reloads_total{{result=\"{label}\"}} {}",
-            m.reloads[i].load(Ordering::Relaxed)
+            "patchbay_reloads_total{{result=\"{}\"}} {}",
+            outcome.as_str(),
+            m.reloads[outcome as usize].load(Ordering::Relaxed)
         );
     }
     let _ = writeln!(

@@ -79,6 +79,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of the metrics' counters.
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Rejected, Outcome::Error];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,16 +149,6 @@ pub struct ReloadReport {
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: f64,
-}
-
-impl ReloadReport {
-    /// Whether the reload changed anything.
-    pub fn changed_anything(&self) -> bool {
-        !(self.added.is_empty()
-            && self.changed.is_empty()
-            && self.removed.is_empty()
-            && self.connections.is_empty())
-    }
 }
 
 /// A reload refused before it started.
@@ -297,11 +290,6 @@ impl Reloader {
         }
     }
 
-    /// The service reloaded into.
-    pub fn service(&self) -> &Arc<Service> {
-        &self.svc
-    }
-
     /// The sources watched.
     pub fn sources(&self) -> &Sources {
         &self.sources
@@ -421,7 +409,7 @@ impl Reloader {
         let nothing_changed = hashes == applied.files
             && conn_hash == applied.connections_hash
             && catalog_hash == applied.catalog_seen;
-        if !force && nothing_changed && !applied.files.is_empty() {
+        if !force && nothing_changed {
             return Ok(None);
         }
 
@@ -520,31 +508,18 @@ impl Reloader {
                     let same = current
                         .get(&valid.name)
                         .filter(|a| a.version == valid.version && a.file == valid.file);
-                    match same {
-                        // Unchanged: the same `Arc`, so nothing about it
-                        // restarts. At start, its version is recorded too.
-                        Some(a) if trigger != Trigger::Start => next.push(a),
-                        Some(a) => {
-                            new_versions.push(StoredVersion {
-                                recipe: valid.name.clone(),
-                                version: valid.version.clone(),
-                                file: file.clone(),
-                                source: text.clone(),
-                                loaded_at: now,
-                            });
-                            next.push(a);
-                        }
-                        None => {
-                            new_versions.push(StoredVersion {
-                                recipe: valid.name.clone(),
-                                version: valid.version.clone(),
-                                file: file.clone(),
-                                source: text.clone(),
-                                loaded_at: now,
-                            });
-                            next.push(Arc::new((*valid).clone()));
-                        }
+                    // A new version is recorded; at start, every version is.
+                    if same.is_none() || trigger == Trigger::Start {
+                        new_versions.push(StoredVersion {
+                            recipe: valid.name.clone(),
+                            version: valid.version.clone(),
+                            file: file.clone(),
+                            source: text.clone(),
+                            loaded_at: now,
+                        });
                     }
+                    // Unchanged: the same `Arc`, so nothing about it restarts.
+                    next.push(same.unwrap_or_else(|| Arc::new((*valid).clone())));
                 }
                 None => {
                     let diags = errors.remove(file.as_str()).unwrap_or_default();
@@ -660,12 +635,7 @@ impl Reloader {
     /// Updates the status, the counters and the log after a reload.
     fn record(&self, applied: &Applied, report: &ReloadReport) {
         let m = &self.metrics;
-        let idx = match report.result {
-            Outcome::Ok => 0,
-            Outcome::Rejected => 1,
-            Outcome::Error => 2,
-        };
-        m.reloads[idx].fetch_add(1, Ordering::Relaxed);
+        m.reloads[report.result as usize].fetch_add(1, Ordering::Relaxed);
         m.added
             .fetch_add(report.added.len() as u64, Ordering::Relaxed);
         m.changed

@@ -17,10 +17,6 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
 use super::{is_editor_junk, Reloader, Trigger};
 
-/// The default debounce: long enough to merge an editor's save steps,
-/// short enough that a save serves within a quarter of a second.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
-
 /// The watcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {

@@ -406,7 +406,7 @@ fn claim_one(
     now: i64,
 ) -> Result<Option<ClaimedRun>, StoreError> {
     // The oldest queued run whose ordering key has no earlier unfinished
-    // run; `runs_claim` and `runs_ordering` keep this an index walk.
+    // run; `runs_claim` and `runs_open_ordering` keep this an index walk.
     let row = c
         .prepare_cached(
             "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,

@@ -445,7 +445,7 @@ fn expectation_context(
 /// Renders every template string inside an expected value.
 fn render(v: &Value, ctx: &minijinja::Value) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) if s.contains("{{") || s.contains("{%") => Template::compile(s)
+        Value::String(s) if crate::template::is_template(s) => Template::compile(s)
             .map_err(|e| format!("template {s:?} does not compile: {}", e.message))?
             .render(ctx)
             .map_err(|e| format!("template {s:?} does not render: {e}"))?,

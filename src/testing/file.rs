@@ -291,14 +291,16 @@ pub fn collect_test_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(p)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
+            crate::recipe::load::walk(p, is_test_file, &mut out)?;
         } else if is_test_file(p) {
             out.push(p.clone());
         } else if let Some(t) = test_file_of(p) {
             out.push(t);
         }
     }
-    out.dedup();
+    // A file met twice (a folder and a file in it) runs once, in first-seen order.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     Ok(out)
 }
 
@@ -312,21 +314,6 @@ fn test_file_of(recipe: &Path) -> Option<PathBuf> {
         .iter()
         .map(|ext| recipe.with_file_name(format!("{stem}.{ext}")))
         .find(|p| p.is_file())
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_test_file(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// The recipe file a test file names, or its default.
@@ -862,7 +849,7 @@ impl Checker<'_> {
 /// Template strings under a node that do not compile.
 fn templates(n: &Node, out: &mut Vec<(Pos, String)>) {
     match &n.kind {
-        NodeKind::Str(s) if s.contains("{{") || s.contains("{%") => {
+        NodeKind::Str(s) if crate::template::is_template(s) => {
             if let Err(e) = Template::compile(s) {
                 out.push((
                     n.span.start,
