@@ -214,11 +214,17 @@ impl Service {
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let (a, b, c) = (self.clone(), self.clone(), self.clone());
-        let (s1, s2, s3) = (stop.clone(), stop.clone(), stop);
+        let (s1, s2) = (stop.clone(), stop);
+        // The heartbeat outlives `stop`: runs finishing in the grace period
+        // keep their leases until the pool has drained.
+        let (drained, pool_done) = tokio::sync::oneshot::channel::<()>();
         vec![
-            tokio::spawn(async move { a.pool(n, s1).await }),
+            tokio::spawn(async move {
+                a.pool(n, s1).await;
+                let _ = drained.send(());
+            }),
             tokio::spawn(async move { b.claimer(s2).await }),
-            tokio::spawn(async move { c.heartbeat(s3).await }),
+            tokio::spawn(async move { c.heartbeat(pool_done).await }),
         ]
     }
 
@@ -281,11 +287,11 @@ impl Service {
     }
 
     /// Keeps every lease of this process alive, executing or waiting.
-    async fn heartbeat(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn heartbeat(self: Arc<Self>, mut pool_done: tokio::sync::oneshot::Receiver<()>) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.lease / 3) => {}
-                _ = stop.changed() => return,
+                _ = &mut pool_done => return,
             }
             if let Err(e) = self.store.heartbeat(&self.dispatch.owner, self.lease).await {
                 tracing::error!(error = %e, "could not extend the leases of this process's runs");

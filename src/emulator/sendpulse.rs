@@ -181,6 +181,8 @@ impl SendPulseEmulator {
     /// bundled recipes and the README name).
     pub fn insert_book_with_id(&self, id: i64, name: &str) {
         let mut st = self.shared.lock();
+        // Ids handed out later must not collide with this one.
+        st.next_book = st.next_book.max(id + 1);
         st.books.insert(
             id,
             Book {

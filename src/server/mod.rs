@@ -170,20 +170,42 @@ async fn hook(
         events: total,
         received_at: chrono::Utc::now(),
     };
-    let reserved = svc
-        .dispatch
-        .reserve(events.iter().map(|e| e.runs.len()).sum());
-    match svc.store.ingest(delivery, events, reserved.clone()).await {
-        Ok(mut n) => {
-            let claimed = std::mem::take(&mut n.claimed);
-            svc.dispatch.settle(reserved.as_ref(), claimed, n.runs);
-            answer(
-                status,
-                json!({"events": total, "accepted": n.events, "duplicates": n.duplicates, "unmatched": unmatched, "runs": n.runs}),
-            )
-        }
+    // Stored and handed to the workers in a task of its own: if the sender
+    // hangs up, the request's future is dropped, but runs claimed for this
+    // process must still reach a worker (and the reservation be settled).
+    let stored = {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let reserved = svc
+                .dispatch
+                .reserve(events.iter().map(|e| e.runs.len()).sum());
+            let result = svc.store.ingest(delivery, events, reserved.clone()).await;
+            match result {
+                Ok(mut n) => {
+                    let claimed = std::mem::take(&mut n.claimed);
+                    svc.dispatch.settle(reserved.as_ref(), claimed, n.runs);
+                    Ok(n)
+                }
+                Err(e) => {
+                    svc.dispatch.settle(reserved.as_ref(), Vec::new(), 0);
+                    Err(e)
+                }
+            }
+        })
+    };
+    let result = match stored.await {
+        Ok(r) => r,
+        Err(e) => Err(crate::store::StoreError::Corrupt {
+            what: "ingest task",
+            detail: e.to_string(),
+        }),
+    };
+    match result {
+        Ok(n) => answer(
+            status,
+            json!({"events": total, "accepted": n.events, "duplicates": n.duplicates, "unmatched": unmatched, "runs": n.runs}),
+        ),
         Err(e) => {
-            svc.dispatch.settle(reserved.as_ref(), Vec::new(), 0);
             tracing::error!(error = %e, "could not store a delivery");
             // Not acknowledged: 429 is the one answer every sender retries
             // (HighLevel retries nothing else).
