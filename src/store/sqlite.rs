@@ -27,6 +27,9 @@ use crate::secret::Secret;
 /// How long a dedupe key is remembered.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Rows pruned per transaction.
+const PRUNE_CHUNK: i64 = 2000;
+
 /// Schema versions, applied in order once each.
 const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
@@ -65,6 +68,50 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE recipe_versions (
         recipe TEXT NOT NULL, version TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL,
         loaded_at INTEGER NOT NULL, PRIMARY KEY (recipe, version));",
+    // 4: fewer B-trees written per event. Every table or index a row lands
+    // in costs its pages in each commit, so: events and steps keyed by
+    // their primary key alone (`WITHOUT ROWID`: one B-tree, not a table
+    // plus an index); a run's `seq` is its rowid (no separate index); the
+    // claim index holds open runs only, so finishing a run removes one
+    // entry instead of moving it, and failed runs get their own small
+    // index for `dead-letters`; deliveries without AUTOINCREMENT (its
+    // counter row was one more write per delivery). The event a run
+    // belongs to is written in the same transaction as the run, so the
+    // foreign key (a lookup per run) goes; `runs_event` lets pruning find
+    // whether an old event still has runs (without it, every event pruned
+    // scanned the whole runs table).
+    "CREATE TABLE events4 (
+        id TEXT PRIMARY KEY, connection TEXT NOT NULL, operation TEXT NOT NULL,
+        payload TEXT NOT NULL, received_at INTEGER NOT NULL) WITHOUT ROWID;
+     INSERT INTO events4 SELECT id, connection, operation, payload, received_at FROM events;
+     CREATE TABLE runs4 (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, event_id TEXT NOT NULL,
+        recipe TEXT NOT NULL, recipe_version TEXT NOT NULL, ordering_key TEXT,
+        status TEXT NOT NULL, lease_owner TEXT, lease_until INTEGER, started_at INTEGER,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, failed_step TEXT, error TEXT);
+     INSERT INTO runs4 (seq, id, event_id, recipe, recipe_version, ordering_key, status, lease_owner,
+        lease_until, started_at, created_at, updated_at, failed_step, error)
+        SELECT seq, id, event_id, recipe, recipe_version, ordering_key, status, lease_owner,
+        lease_until, started_at, created_at, updated_at, failed_step, error FROM runs;
+     DROP TABLE runs;
+     DROP TABLE events;
+     ALTER TABLE events4 RENAME TO events;
+     ALTER TABLE runs4 RENAME TO runs;
+     CREATE INDEX runs_open ON runs(status, seq) WHERE status IN ('queued', 'running');
+     CREATE INDEX runs_open_ordering ON runs(ordering_key, seq) WHERE status IN ('queued', 'running');
+     CREATE INDEX runs_failed ON runs(seq) WHERE status = 'failed';
+     CREATE INDEX runs_recipe ON runs(recipe, seq);
+     CREATE INDEX runs_event ON runs(event_id);
+     CREATE TABLE steps4 (run_id TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
+        PRIMARY KEY (run_id, idx)) WITHOUT ROWID;
+     INSERT INTO steps4 SELECT run_id, idx, record FROM steps;
+     DROP TABLE steps;
+     ALTER TABLE steps4 RENAME TO steps;
+     CREATE TABLE deliveries4 (id INTEGER PRIMARY KEY, connection TEXT NOT NULL, status INTEGER NOT NULL,
+        outcome TEXT NOT NULL, events INTEGER NOT NULL, received_at INTEGER NOT NULL);
+     INSERT INTO deliveries4 SELECT id, connection, status, outcome, events, received_at FROM deliveries;
+     DROP TABLE deliveries;
+     ALTER TABLE deliveries4 RENAME TO deliveries;",
 ];
 
 /// The SQLite store.
@@ -157,6 +204,22 @@ impl SqliteStore {
             .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
     }
 
+    /// Runs `sql` (bound to `?1`, and `?2` = the chunk size) until it
+    /// deletes less than a chunk, one short transaction each.
+    async fn delete_in_chunks(&self, sql: &'static str, bound: i64) -> Result<(), StoreError> {
+        loop {
+            let n = sqlx::query(sql)
+                .bind(bound)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if n < PRUNE_CHUNK as u64 {
+                return Ok(());
+            }
+        }
+    }
+
     async fn send(&self, job: Job) -> Result<(), StoreError> {
         self.writer
             .send(job)
@@ -230,10 +293,12 @@ macro_rules! run_columns {
     };
 }
 
-/// Finished runs older than a cutoff.
+/// Finished runs older than a cutoff (`?1`: the cutoff as an id prefix,
+/// `?2`: in milliseconds). Ids start with their creation time and a run
+/// ends after it began, so the id range bounds the walk to old runs.
 macro_rules! finished_before {
     () => {
-        "status IN ('completed', 'filtered', 'replayed') AND updated_at < ?"
+        "id < ?1 AND status IN ('completed', 'filtered', 'replayed') AND updated_at < ?2"
     };
 }
 
@@ -341,14 +406,24 @@ impl Store for SqliteStore {
 
     fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>> {
         Box::pin(async move {
-            let sql = concat!(
-                "SELECT ",
+            // The status is written into the query (it is one of a fixed
+            // set): SQLite picks a partial index (`runs_failed` for dead
+            // letters, `runs_open`) only for a condition it can see.
+            let status = match filter.status {
+                None => String::new(),
+                Some(s @ (RunState::Queued | RunState::Running)) => format!(
+                    " AND status IN ('queued', 'running') AND status = '{}'",
+                    s.as_str()
+                ),
+                Some(s) => format!(" AND status = '{}'", s.as_str()),
+            };
+            let sql = format!(
+                "SELECT {} FROM runs WHERE (?1 IS NULL OR recipe = ?1){status} ORDER BY seq DESC LIMIT ?2",
                 run_columns!(),
-                " FROM runs WHERE (?1 IS NULL OR recipe = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY seq DESC LIMIT ?3"
             );
-            let rows = sqlx::query(sql)
+            // Safe: `status` comes from the fixed names of `RunState`.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(filter.recipe)
-                .bind(filter.status.map(RunState::as_str))
                 .bind(if filter.limit == 0 { 100 } else { filter.limit } as i64)
                 .fetch_all(&self.pool)
                 .await?;
@@ -395,18 +470,13 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(None) };
-            let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM runs")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("s")?;
             let new_id = crate::service::new_id();
             let now = now_ms();
             let event_id: String = row.try_get("event_id")?;
             let recipe: String = row.try_get("recipe")?;
             let ordering_key: Option<String> = row.try_get("ordering_key")?;
-            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)")
+            sqlx::query("INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)")
                 .bind(&new_id)
-                .bind(seq)
                 .bind(event_id)
                 .bind(recipe)
                 .bind(recipe_version)
@@ -449,38 +519,69 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let now = now_ms();
             let cutoff = now - age.as_millis() as i64;
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query(concat!(
-                "DELETE FROM steps WHERE run_id IN (SELECT id FROM runs WHERE ",
-                finished_before!(),
-                ")"
-            ))
+            let cutoff_id = crate::service::id_prefix(cutoff);
+            // In chunks, each its own short transaction: the writer thread
+            // waits for the write lock while one runs, so an hour of old
+            // runs must not hold it for long.
+            let mut pruned = 0u64;
+            loop {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let gone = sqlx::query(concat!(
+                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ",
+                    finished_before!(),
+                    " ORDER BY id LIMIT ?3) RETURNING id, event_id"
+                ))
+                .bind(&cutoff_id)
+                .bind(cutoff)
+                .bind(PRUNE_CHUNK)
+                .fetch_all(&mut *tx)
+                .await?;
+                let column = |name: &str| -> Result<String, StoreError> {
+                    let values = gone
+                        .iter()
+                        .map(|r| r.try_get::<String, _>(name))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(serde_json::to_string(&values).expect("strings serialize"))
+                };
+                sqlx::query("DELETE FROM steps WHERE run_id IN (SELECT value FROM json_each(?1))")
+                    .bind(column("id")?)
+                    .execute(&mut *tx)
+                    .await?;
+                // An event goes with its last run (a replay is a later run
+                // of the same event).
+                sqlx::query("DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1)) AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)")
+                    .bind(column("event_id")?)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                pruned += gone.len() as u64;
+                if gone.len() < PRUNE_CHUNK as usize {
+                    break;
+                }
+            }
+            // Delivery ids grow with time: everything below the first young
+            // one is old, found without scanning the young ones.
+            let young: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE received_at >= ?1 ORDER BY id LIMIT 1",
+            )
             .bind(cutoff)
-            .execute(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-            let runs = sqlx::query(concat!("DELETE FROM runs WHERE ", finished_before!()))
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query("DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM deliveries WHERE received_at < ?")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM dedupe WHERE expires_at < ?")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            self.delete_in_chunks(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE id < ?1 ORDER BY id LIMIT ?2)",
+                young.unwrap_or(i64::MAX),
+            )
+            .await?;
+            self.delete_in_chunks(
+                "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE expires_at < ?1 LIMIT ?2)",
+                now,
+            )
+            .await?;
             sqlx::query("DELETE FROM links WHERE expires_at IS NOT NULL AND expires_at < ?")
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
-            tx.commit().await?;
-            Ok(runs)
+            Ok(pruned)
         })
     }
 
@@ -830,6 +931,176 @@ mod tests {
         assert_eq!(
             s.load("c").await.unwrap().refresh_token.unwrap().expose(),
             "r"
+        );
+    }
+
+    fn ended(run_id: &str, status: RunStatus) -> RunReport {
+        RunReport {
+            run_id: run_id.into(),
+            recipe: "r".into(),
+            status,
+            steps: vec![],
+            failed_step: None,
+            error: None,
+        }
+    }
+
+    async fn count(s: &SqliteStore, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_old_finished_runs_with_their_events_and_keeps_dead_letters_and_open_runs(
+    ) {
+        let s = temp_store().await;
+        // Real (time-ordered) ids: pruning walks the id range.
+        let evs: Vec<NewEvent> = (0..3)
+            .map(|_| {
+                let mut e = event(&crate::service::new_id(), None, None);
+                e.runs[0].id = crate::service::new_id();
+                e
+            })
+            .collect();
+        let ids: Vec<String> = evs.iter().map(|e| e.runs[0].id.clone()).collect();
+        s.ingest(delivery(), evs, None).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let done = claim1(&s, "w", lease).await.unwrap();
+        let failed = claim1(&s, "w", lease).await.unwrap();
+        assert_eq!((&done.id, &failed.id), (&ids[0], &ids[1]));
+        let mut report = ended(&done.id, RunStatus::Completed);
+        report.steps = vec![crate::engine::StepRecord {
+            id: "s".into(),
+            action: "store.put".into(),
+            status: crate::engine::StepStatus::Completed,
+            input: json!({}),
+            output: json!({}),
+            error: None,
+            attempts: 1,
+            duration_ms: 0,
+            rescued_by: None,
+            fallback_of: None,
+        }];
+        s.finish(&report).await.unwrap();
+        s.finish(&ended(&failed.id, RunStatus::Failed))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        assert_eq!(s.prune(Duration::ZERO).await.unwrap(), 1);
+        assert!(s.run(&ids[0]).await.unwrap().is_none());
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM steps").await, 0);
+        // The completed run's event went; the dead letter's and the queued
+        // run's stay.
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM events").await, 2);
+        assert_eq!(
+            s.run(&ids[1]).await.unwrap().unwrap().0.status,
+            RunState::Failed
+        );
+        assert_eq!(
+            s.run(&ids[2]).await.unwrap().unwrap().0.status,
+            RunState::Queued
+        );
+        // Nothing finished is younger than an hour: nothing more goes.
+        assert_eq!(s.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn pruning_goes_through_more_runs_than_one_chunk() {
+        let s = temp_store().await;
+        let n = PRUNE_CHUNK as usize + 100;
+        let evs: Vec<NewEvent> = (0..n)
+            .map(|_| {
+                let mut e = event(&crate::service::new_id(), None, None);
+                e.runs[0].id = crate::service::new_id();
+                e
+            })
+            .collect();
+        s.ingest(delivery(), evs, None).await.unwrap();
+        let runs = s.claim("w", Duration::from_secs(30), n).await.unwrap();
+        assert_eq!(runs.len(), n);
+        let reports: Vec<RunReport> = runs
+            .iter()
+            .map(|r| ended(&r.id, RunStatus::Completed))
+            .collect();
+        futures_util::future::join_all(reports.iter().map(|r| s.finish(r))).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(s.prune(Duration::ZERO).await.unwrap(), n as u64);
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM runs").await, 0);
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM events").await, 0);
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM deliveries").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_schema_3_is_migrated_with_its_runs_and_keeps_their_order() {
+        let path =
+            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::service::new_id()));
+        let url = format!("sqlite://{}", path.display());
+        {
+            // The schema as version 3 left it, with one queued run.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::from_str(&url)
+                        .unwrap()
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(sqlx::AssertSqlSafe(stmt))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                    .bind(i as i64 + 1)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO events VALUES ('e-old', 'sp', 'op', '{\"email\":\"old\"}', 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, status, created_at, updated_at) VALUES ('run-old', 7, 'e-old', 'r', 'v1', 'queued', 1, 1)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, status, created_at, updated_at) VALUES ('run-done', 6, 'e-old', 'r', 'v1', 'completed', 1, 1)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO steps VALUES ('run-done', 0, '{}')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let s = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(
+            count(&s, "SELECT MAX(version) FROM schema_version").await,
+            4
+        );
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM steps").await, 1);
+        s.ingest(delivery(), vec![event("new", None, None)], None)
+            .await
+            .unwrap();
+        // The old run keeps its place ahead of the new one.
+        let lease = Duration::from_secs(30);
+        let first = claim1(&s, "w", lease).await.unwrap();
+        assert_eq!(first.id, "run-old");
+        assert_eq!(first.payload, json!({"email": "old"}));
+        assert_eq!(claim1(&s, "w", lease).await.unwrap().id, "run-new");
+        assert_eq!(
+            count(&s, "SELECT seq FROM runs WHERE id = 'run-new'").await,
+            8
         );
     }
 }

@@ -275,9 +275,13 @@ fn apply(c: &Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
     })
 }
 
+// Queries over open runs repeat the condition of the partial index
+// `runs_open`, `status IN ('queued', 'running')`, word for word: SQLite
+// uses a partial index only when the query's WHERE names its condition.
+
 fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(c
-        .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status = 'running' AND lease_until < ?")?
+        .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status IN ('queued', 'running') AND status = 'running' AND lease_until < ?")?
         .execute([now])?)
 }
 
@@ -290,7 +294,6 @@ fn ingest(
     now: i64,
 ) -> Result<Ingested, StoreError> {
     let mut n = Ingested::default();
-    let mut seq: Option<i64> = None;
     for ev in events {
         if let Some(key) = &ev.dedupe_key {
             let fresh = c
@@ -304,14 +307,8 @@ fn ingest(
         c.prepare_cached("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![ev.id, ev.connection, ev.operation, ev.payload.to_string(), now])?;
         n.events += 1;
+        // A run's `seq` is its rowid: SQLite gives each insert the next one.
         for run in &ev.runs {
-            let next = match seq {
-                Some(s) => s + 1,
-                None => c
-                    .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs")?
-                    .query_row([], |r| r.get(0))?,
-            };
-            seq = Some(next);
             n.runs += 1;
             let owner = claim.filter(|cl| n.claimed.len() < cl.max);
             let free = match (&owner, &run.ordering_key) {
@@ -325,8 +322,8 @@ fn ingest(
             };
             match owner.filter(|_| free) {
                 Some(cl) => {
-                    c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?9)")?
-                        .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, cl.owner, now + cl.lease.as_millis() as i64, now])?;
+                    c.prepare_cached("INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8, ?8)")?
+                        .execute(params![run.id, ev.id, run.recipe, run.recipe_version, run.ordering_key, cl.owner, now + cl.lease.as_millis() as i64, now])?;
                     n.claimed.push(ClaimedRun {
                         id: run.id.clone(),
                         recipe: run.recipe.clone(),
@@ -338,8 +335,8 @@ fn ingest(
                     });
                 }
                 None => {
-                    c.prepare_cached("INSERT INTO runs (id, seq, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)")?
-                        .execute(params![run.id, next, ev.id, run.recipe, run.recipe_version, run.ordering_key, now])?;
+                    c.prepare_cached("INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)")?
+                        .execute(params![run.id, ev.id, run.recipe, run.recipe_version, run.ordering_key, now])?;
                 }
             }
         }
@@ -364,10 +361,10 @@ fn leases(
 ) -> Result<u64, StoreError> {
     let n = match lease {
         Some(l) => c
-            .prepare_cached("UPDATE runs SET lease_until = ?1 WHERE lease_owner = ?2 AND status = 'running'")?
+            .prepare_cached("UPDATE runs SET lease_until = ?1 WHERE status IN ('queued', 'running') AND status = 'running' AND lease_owner = ?2")?
             .execute(params![now + l.as_millis() as i64, owner])?,
         None => c
-            .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1 AND status = 'running'")?
+            .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL WHERE status IN ('queued', 'running') AND status = 'running' AND lease_owner = ?1")?
             .execute([owner])?,
     };
     Ok(n as u64)
@@ -406,14 +403,14 @@ fn claim_one(
     now: i64,
 ) -> Result<Option<ClaimedRun>, StoreError> {
     // The oldest queued run whose ordering key has no earlier unfinished
-    // run; `runs_claim` and `runs_open_ordering` keep this an index walk.
+    // run; `runs_open` and `runs_open_ordering` keep this an index walk.
     let row = c
         .prepare_cached(
             "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
                 started_at = COALESCE(started_at, ?3), updated_at = ?3
              WHERE id = (
                 SELECT r.id FROM runs r
-                WHERE r.status = 'queued'
+                WHERE r.status IN ('queued', 'running') AND r.status = 'queued'
                   AND (r.ordering_key IS NULL OR NOT EXISTS (
                       SELECT 1 FROM runs o
                       WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
