@@ -4,9 +4,19 @@
 //! ordering key, runs over the budget, polls, schedules, replays, a crashed
 //! process's runs — is claimed from the store in batches by one claimer.
 //! Every claim is a lease of this process, kept alive by one heartbeat.
+//!
+//! Backpressure: when more runs wait in the store than `--max-backlog`,
+//! a new delivery waits (at most [`MAX_ADMISSION_WAIT`]) for the workers
+//! to catch up before it is stored, so a sender faster than the actions
+//! is slowed down instead of growing the queue without bound. Nothing is
+//! refused: after the wait the delivery is accepted anyway.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Longest a delivery waits for the backlog to shrink before it is
+/// accepted anyway (senders time out after several seconds).
+pub const MAX_ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 use tokio::sync::{mpsc, Mutex, Notify};
 
@@ -27,13 +37,21 @@ pub struct Dispatch {
     /// Runs were left queued in the store: ingests stop claiming until the
     /// claimer has caught up, so stored runs are not overtaken forever.
     backlog: AtomicBool,
+    /// Runs this process stored queued and no claim has taken yet (other
+    /// processes' runs are not counted: the figure is this process's view).
+    queued: AtomicUsize,
+    /// Most `queued` runs before deliveries wait (0: no limit).
+    max_backlog: usize,
+    /// Wakes deliveries waiting for the backlog to shrink.
+    room_in_store: Notify,
     /// Wakes the claimer.
     pub work: Notify,
 }
 
 impl Dispatch {
-    /// A queue for `workers` workers.
-    pub fn new(workers: usize, lease: Duration) -> Dispatch {
+    /// A queue for `workers` workers; deliveries wait while more than
+    /// `max_backlog` runs are queued in the store (0: never).
+    pub fn new(workers: usize, lease: Duration, max_backlog: usize) -> Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         Dispatch {
             owner: format!("{}-{}", std::process::id(), crate::service::new_id()),
@@ -46,8 +64,42 @@ impl Dispatch {
             capacity: (workers * 4).max(64),
             // A fresh process first takes what the store holds.
             backlog: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            max_backlog,
+            room_in_store: Notify::new(),
             work: Notify::new(),
         }
+    }
+
+    /// Waits while the store's backlog is over the limit, at most
+    /// [`MAX_ADMISSION_WAIT`]; whether the delivery had to wait.
+    pub async fn admit(&self) -> bool {
+        if !self.over_backlog() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + MAX_ADMISSION_WAIT;
+        while self.over_backlog() {
+            let room = self.room_in_store.notified();
+            tokio::pin!(room);
+            // Registered before the check: a claim in between still wakes us.
+            room.as_mut().enable();
+            if !self.over_backlog() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                break;
+            }
+        }
+        true
+    }
+
+    fn over_backlog(&self) -> bool {
+        self.max_backlog > 0 && self.queued.load(Ordering::Acquire) >= self.max_backlog
+    }
+
+    /// Runs queued in the store now, as this process counts them.
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Reserves room for an ingest's runs; `None` when there is none or
@@ -78,12 +130,14 @@ impl Dispatch {
             let _ = self.tx.send(run);
         }
         if left > 0 {
-            self.stored();
+            self.stored(left);
         }
     }
 
-    /// Runs were queued in the store (polls, schedules, replays, leftovers).
-    pub fn stored(&self) {
+    /// `runs` were queued in the store (polls, schedules, leftovers of an
+    /// ingest; 0 when unknown, e.g. a replay from another process).
+    pub fn stored(&self, runs: usize) {
+        self.queued.fetch_add(runs, Ordering::AcqRel);
         self.backlog.store(true, Ordering::Release);
         self.work.notify_one();
     }
@@ -107,10 +161,24 @@ impl Dispatch {
 
     /// Queues runs the claimer took; `wanted` is what it asked for.
     pub fn claimed(&self, runs: Vec<ClaimedRun>, wanted: usize) {
-        if runs.len() < wanted {
+        let taken = runs.len();
+        if taken < wanted {
             self.backlog.store(false, Ordering::Release);
+            // Nothing claimable is left (at most runs waiting on an
+            // ordering key): the count starts again from zero, so it
+            // cannot drift upwards.
+            self.queued.store(0, Ordering::Release);
+        } else {
+            let _ = self
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    Some(q.saturating_sub(taken))
+                });
         }
-        self.waiting.fetch_add(runs.len(), Ordering::AcqRel);
+        self.waiting.fetch_add(taken, Ordering::AcqRel);
+        if !self.over_backlog() {
+            self.room_in_store.notify_waiters();
+        }
         for run in runs {
             let _ = self.tx.send(run);
         }
@@ -132,5 +200,63 @@ impl Dispatch {
         if run.ordering_key.is_some() || self.backlog.load(Ordering::Acquire) {
             self.work.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> ClaimedRun {
+        ClaimedRun {
+            id: id.into(),
+            recipe: "r".into(),
+            recipe_version: "v1".into(),
+            payload: serde_json::Value::Null,
+            ordering_key: None,
+            started_at: chrono::Utc::now(),
+            done: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_waits_while_the_backlog_is_over_the_limit_until_claims_make_room() {
+        let d = std::sync::Arc::new(Dispatch::new(1, Duration::from_secs(60), 10));
+        assert!(!d.admit().await, "under the limit nothing waits");
+        d.stored(10);
+        let waiting = tokio::spawn({
+            let d = d.clone();
+            async move { d.admit().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "at the limit a delivery waits");
+        let started = std::time::Instant::now();
+        d.claimed((0..5).map(|i| run(&i.to_string())).collect(), 5);
+        assert_eq!(d.backlog(), 5);
+        assert!(waiting.await.unwrap(), "it reports having waited");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_is_accepted_after_the_longest_wait_when_the_backlog_stays() {
+        let d = Dispatch::new(1, Duration::from_secs(60), 10);
+        d.stored(25);
+        let started = tokio::time::Instant::now();
+        assert!(d.admit().await);
+        assert_eq!(started.elapsed(), MAX_ADMISSION_WAIT);
+    }
+
+    #[tokio::test]
+    async fn without_a_limit_or_once_the_store_is_drained_nothing_waits() {
+        let unlimited = Dispatch::new(1, Duration::from_secs(60), 0);
+        unlimited.stored(1_000_000);
+        assert!(!unlimited.admit().await);
+        // A claim that finds less than it asked for resets the count: the
+        // store has nothing claimable left.
+        let d = Dispatch::new(1, Duration::from_secs(60), 10);
+        d.stored(50);
+        d.claimed(vec![run("a")], 64);
+        assert_eq!(d.backlog(), 0);
+        assert!(!d.admit().await);
     }
 }

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
+    /// Runs waiting in the store before new deliveries are slowed down
+    /// (each waits up to 2 s for the workers to catch up; 0: never).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_backlog: usize,
     /// Start the HighLevel and SendPulse emulators and use them.
     #[arg(long)]
     pub sandbox: bool,
@@ -274,7 +278,7 @@ async fn run_async(args: RunArgs) -> i32 {
             .map(|c| (c.name.clone(), c.clone()))
             .collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
-        dispatch: Dispatch::new(args.workers.max(1), args.lease),
+        dispatch: Dispatch::new(args.workers.max(1), args.lease, args.max_backlog),
         body_limit: args.body_limit,
         lease: args.lease,
     });

@@ -142,8 +142,14 @@ pub struct Service {
 /// Time first, so rows written together sort together and inserts append
 /// to the same index pages of the store instead of dirtying random ones.
 pub fn new_id() -> String {
-    let ms = Utc::now().timestamp_millis() as u64 & 0xffff_ffff_ffff;
-    format!("{ms:012x}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    let rand = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("{}{rand:012x}", id_prefix(Utc::now().timestamp_millis()))
+}
+
+/// The first half of the ids made at `ms`: every id made earlier sorts
+/// below it.
+pub fn id_prefix(ms: i64) -> String {
+    format!("{:012x}", ms as u64 & 0xffff_ffff_ffff)
 }
 
 impl Service {
@@ -162,7 +168,8 @@ impl Service {
         recipes: &[Arc<ValidRecipe>],
     ) -> NewEvent {
         let payload = event::coerce(op, payload);
-        let ctx = template::to_value(&serde_json::json!({ "event": payload }));
+        let event = template::to_value(&payload);
+        let ctx = minijinja::context! { event => event.clone() };
         let key = |t: &Option<String>| -> Option<String> {
             let t = t.as_ref()?;
             let rendered = compiled_key(t)?.render(&ctx).ok()?;
@@ -180,10 +187,9 @@ impl Service {
             let ok = match &r.trigger.condition {
                 None => true,
                 Some(c) => {
-                    let ctx = template::to_value(
-                        &serde_json::json!({ "event": payload, "vars": r.vars }),
-                    );
-                    c.eval(&ctx).unwrap_or(false)
+                    let vars = template::to_value(&r.vars);
+                    c.eval(&minijinja::context! { event => event.clone(), vars })
+                        .unwrap_or(false)
                 }
             };
             if ok {
@@ -407,7 +413,7 @@ impl Service {
             let tick = now.timestamp_millis().to_string();
             let fired = match &recipe.trigger.kind {
                 TriggerKind::Poll { op, .. } => {
-                    let r = self.poll_once(&recipe, op).await.map(|_| ());
+                    let r = self.poll_once(&recipe, op).await;
                     // The tick is recorded even when the poll failed, so a
                     // failing API is retried at the interval, not in a loop.
                     let _ = self
@@ -416,12 +422,17 @@ impl Service {
                         .await;
                     r
                 }
-                _ => self.fire_schedule(&recipe, &cursor_name, now).await,
+                _ => self
+                    .fire_schedule(&recipe, &cursor_name, now)
+                    .await
+                    .map(|()| 1),
             };
-            if let Err(e) = fired {
-                tracing::warn!(recipe = %recipe.name, error = %e, "trigger firing failed; retrying at the next tick");
+            match fired {
+                Ok(runs) => self.dispatch.stored(runs),
+                Err(e) => {
+                    tracing::warn!(recipe = %recipe.name, error = %e, "trigger firing failed; retrying at the next tick");
+                }
             }
-            self.dispatch.stored();
         }
     }
 
@@ -457,7 +468,8 @@ impl Service {
     }
 
     /// One poll: records newer than the cursor become events; the cursor
-    /// moves in the same transaction, so a record is enqueued once.
+    /// moves in the same transaction, so a record is enqueued once. How
+    /// many runs were queued.
     pub async fn poll_once(&self, recipe: &Arc<ValidRecipe>, op: &OpRef) -> Result<usize, String> {
         let poll = op.def().poll.clone().ok_or("poll trigger without `poll`")?;
         let cursor_name = format!("poll:{}", recipe.name);
@@ -527,14 +539,13 @@ impl Service {
             ev.dedupe_key = Some(format!("poll:{}:{stamp}:{id}", recipe.name));
             events.push(ev);
         }
-        let n = events.len();
-        if let Some(newest) = newest {
-            self.store
-                .ingest_with_cursor(&cursor_name, &newest, events)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(n)
+        let Some(newest) = newest else { return Ok(0) };
+        let stored = self
+            .store
+            .ingest_with_cursor(&cursor_name, &newest, events)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stored.runs as usize)
     }
 }
 
@@ -544,10 +555,12 @@ fn compiled_key(source: &str) -> Option<Template> {
     static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Option<Template>>>> =
         std::sync::LazyLock::new(Default::default);
     let mut cache = CACHE.lock().expect("template cache lock");
-    cache
-        .entry(source.to_string())
-        .or_insert_with(|| Template::compile(source).ok())
-        .clone()
+    if let Some(t) = cache.get(source) {
+        return t.clone();
+    }
+    let t = Template::compile(source).ok();
+    cache.insert(source.to_string(), t.clone());
+    t
 }
 
 /// The cursor as the list call wants it (`%Y-%m-%d %H:%M` for SendPulse).

@@ -139,7 +139,7 @@ async fn start(
         catalog,
         connections: conns.into_iter().map(|c| (c.name.clone(), c)).collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
-        dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE),
+        dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE, 0),
         body_limit: 64 * 1024,
         lease: patchbay::service::DEFAULT_LEASE,
     });

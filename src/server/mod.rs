@@ -170,6 +170,12 @@ async fn hook(
         events: total,
         received_at: chrono::Utc::now(),
     };
+    // Over the backlog limit, wait for the workers before accepting more
+    // (src/dispatch.rs): nothing is stored yet, so a sender that gives up
+    // meanwhile loses nothing it was told was accepted.
+    if !events.is_empty() {
+        svc.dispatch.admit().await;
+    }
     // Stored and handed to the workers in a task of its own: if the sender
     // hangs up, the request's future is dropped, but runs claimed for this
     // process must still reach a worker (and the reservation be settled).
