@@ -6,6 +6,7 @@
 
 pub mod event;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -145,44 +146,48 @@ pub struct RunRequest<'a> {
     pub resume: &'a [StepRecord],
 }
 
-/// The evaluation state of a run.
+/// The evaluation state of a run, kept as template values: the event and
+/// vars are converted once per run, not once per step (cloning a template
+/// value shares it).
 struct State {
-    base: Map<String, Value>,
-    steps: Map<String, Value>,
+    base: BTreeMap<&'static str, minijinja::Value>,
+    steps: BTreeMap<String, minijinja::Value>,
 }
 
 impl State {
     fn context(&self, extra: &[(&str, Value)]) -> minijinja::Value {
-        let mut m = self.base.clone();
-        m.insert("steps".into(), Value::Object(self.steps.clone()));
+        let mut m: BTreeMap<&str, minijinja::Value> =
+            self.base.iter().map(|(k, v)| (*k, v.clone())).collect();
+        m.insert("steps", minijinja::Value::from(self.steps.clone()));
         for (k, v) in extra {
-            m.insert((*k).to_string(), v.clone());
+            m.insert(k, template::to_value(v));
         }
-        template::to_value(&Value::Object(m))
+        minijinja::Value::from_iter(m)
     }
 
     fn record(&mut self, r: &StepRecord) {
-        self.steps.insert(r.id.clone(), r.to_context());
+        self.steps
+            .insert(r.id.clone(), template::to_value(&r.to_context()));
     }
 }
 
 /// Runs an event through a recipe.
 pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSink) -> RunReport {
     let recipe = req.recipe;
-    let mut base = Map::new();
-    base.insert("event".into(), req.event.clone());
-    base.insert("vars".into(), recipe.vars.clone());
+    let mut base = BTreeMap::new();
+    base.insert("event", template::to_value(req.event));
+    base.insert("vars", template::to_value(&recipe.vars));
     base.insert(
-        "run".into(),
-        serde_json::json!({
+        "run",
+        template::to_value(&serde_json::json!({
             "id": req.run_id,
             "recipe": recipe.name,
             "started_at": req.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        }),
+        })),
     );
     let mut state = State {
         base,
-        steps: Map::new(),
+        steps: BTreeMap::new(),
     };
     let mut report = RunReport {
         run_id: req.run_id.to_string(),
