@@ -26,7 +26,7 @@ use tokio::sync::watch as signal;
 use crate::catalog::Catalog;
 use crate::connections::{Connections, ResolvedConnection};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::recipe::load::{is_recipe_file, load_texts};
+use crate::recipe::load::{is_recipe_file, is_skipped_entry, load_texts, walk};
 use crate::recipe::validate::{version_of, TriggerKind, ValidRecipe};
 use crate::service::Service;
 use crate::store::versions::StoredVersion;
@@ -753,19 +753,6 @@ fn connection_changes(old: &[ResolvedConnection], new: &[ResolvedConnection]) ->
     out
 }
 
-/// File names editors and tools write next to the real file while saving.
-pub fn is_editor_junk(name: &str) -> bool {
-    name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.ends_with(".swo")
-        || name.ends_with('~')
-        || name.starts_with(".#")
-        || (name.starts_with('#') && name.ends_with('#'))
-        || name == "4913"
-        || name.ends_with(".tmp")
-        || name.contains(".tmp.")
-}
-
 /// Every recipe file under `root` with its text, sorted by path. Hidden
 /// entries (`.git`, Kubernetes' `..data`, editors' dot-temp files) are
 /// skipped; symlinks are followed, so a ConfigMap's `x.yaml -> ..data/x.yaml`
@@ -775,7 +762,7 @@ pub fn read_recipes(root: &Path) -> Result<Vec<(String, String)>, String> {
         .map_err(|e| format!("cannot read recipe folder {}: {e}", root.display()))?;
     let mut files = Vec::new();
     if meta.is_dir() {
-        walk(root, 0, &mut files)
+        walk(root, is_recipe_file, &mut files)
             .map_err(|e| format!("cannot read recipe folder {}: {e}", root.display()))?;
     } else {
         files.push(root.to_path_buf());
@@ -791,28 +778,6 @@ pub fn read_recipes(root: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if depth > 16 {
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || is_editor_junk(name) {
-            continue;
-        }
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, depth + 1, out)?,
-            Ok(_) if is_recipe_file(&p) => out.push(p),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// A hash of every file under a folder (names and contents), to notice a
 /// changed catalog.
 fn tree_hash(dir: &Path) -> Option<String> {
@@ -824,7 +789,7 @@ fn tree_hash(dir: &Path) -> Option<String> {
         for e in rd.flatten() {
             let p = e.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') || is_editor_junk(name) || depth > 16 {
+            if is_skipped_entry(name) || depth > 16 {
                 continue;
             }
             if p.is_dir() {
@@ -849,23 +814,6 @@ fn tree_hash(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn editor_files_are_junk() {
-        for j in [
-            ".x.yaml.swp",
-            "x.yaml~",
-            ".#x.yaml",
-            "#x.yaml#",
-            "4913",
-            "x.yaml.tmp",
-        ] {
-            assert!(is_editor_junk(j), "{j}");
-        }
-        for ok in ["x.yaml", "..data", "a.yml"] {
-            assert!(!is_editor_junk(ok), "{ok}");
-        }
-    }
 
     #[test]
     fn hidden_and_junk_files_are_not_read() {
