@@ -217,7 +217,7 @@ impl Runtime {
         let mut touched = Vec::new();
         for c in connections {
             match conns.get(&c.name) {
-                Some(old) if old.resolved.same_as(&c) => {
+                Some(old) if old.resolved == c => {
                     next.insert(c.name.clone(), old.clone());
                 }
                 _ => {
