@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::catalog::{OpKind, Split};
+use crate::catalog::Catalog;
 use crate::cli::{
     catalog_or_exit, connections_or_exit, print_diags, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
 };
@@ -75,7 +75,7 @@ async fn fire_async(args: FireArgs) -> i32 {
         return EXIT_INVALID;
     }
     let recipe = &loaded.recipes[0];
-    let events = match read_events(&args.event, recipe) {
+    let events = match read_events(&args.event, recipe, &catalog) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -144,7 +144,11 @@ async fn fire_async(args: FireArgs) -> i32 {
 }
 
 /// Reads the event file (JSON, or YAML) into the events to run.
-fn read_events(path: &PathBuf, recipe: &ValidRecipe) -> Result<Vec<Value>, String> {
+fn read_events(
+    path: &PathBuf,
+    recipe: &ValidRecipe,
+    catalog: &Catalog,
+) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read event file {}: {e}", path.display()))?;
     let value: Value = match serde_json::from_str(&text) {
@@ -159,19 +163,24 @@ fn read_events(path: &PathBuf, recipe: &ValidRecipe) -> Result<Vec<Value>, Strin
             }
         },
     };
-    let op = match &recipe.trigger.kind {
-        TriggerKind::Webhook(op) | TriggerKind::Poll { op, .. } => Some(op),
-        _ => None,
-    };
-    let split_array = op
-        .filter(|o| o.def().kind == OpKind::Webhook)
-        .and_then(|o| o.connector().webhook.as_ref())
-        .is_some_and(|w| w.split == Split::Array);
-    let events = event::split(value, split_array);
-    Ok(match op {
-        Some(op) => events.into_iter().map(|e| event::coerce(op, e)).collect(),
-        None => events,
-    })
+    match &recipe.trigger.kind {
+        // A delivery, as `patchbay run` would take it.
+        TriggerKind::Webhook(op) => {
+            let events = event::for_trigger(catalog, op, value)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if events.is_empty() {
+                return Err(format!(
+                    "{}: no item of the delivery is a {} event",
+                    path.display(),
+                    op.id()
+                ));
+            }
+            Ok(events)
+        }
+        // One polled record.
+        TriggerKind::Poll { op, .. } => Ok(vec![event::coerce(op, value)]),
+        _ => Ok(vec![value]),
+    }
 }
 
 fn new_run_id() -> String {

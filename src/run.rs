@@ -305,7 +305,6 @@ async fn run_async(args: RunArgs) -> i32 {
             store: args.store.clone(),
         },
         decls,
-        resolved,
         stop_rx.clone(),
     ));
     if let Some(r) = reloader.reload(Trigger::Start).await {

@@ -158,8 +158,9 @@ impl Service {
         self.recipes.read().expect("recipes lock").clone()
     }
 
-    /// Builds the stored event for one trigger firing: coerced payload,
-    /// dedupe and ordering keys, one run per recipe whose `trigger.if` holds.
+    /// Builds the stored event for one trigger firing (its payload already
+    /// coerced, see [`event::coerce`]): dedupe and ordering keys, one run
+    /// per recipe whose `trigger.if` holds.
     pub fn event_for(
         &self,
         op: &OpRef,
@@ -167,7 +168,6 @@ impl Service {
         payload: Value,
         recipes: &[Arc<ValidRecipe>],
     ) -> NewEvent {
-        let payload = event::coerce(op, payload);
         let event = template::to_value(&payload);
         let ctx = minijinja::context! { event => event.clone() };
         let key = |t: &Option<String>| -> Option<String> {
@@ -535,7 +535,7 @@ impl Service {
                 .get(&poll.id_field)
                 .map(|v| v.to_string())
                 .unwrap_or_default();
-            let mut ev = self.event_for(op, &connection, rec, &only);
+            let mut ev = self.event_for(op, &connection, event::coerce(op, rec), &only);
             ev.dedupe_key = Some(format!("poll:{}:{stamp}:{id}", recipe.name));
             events.push(ev);
         }

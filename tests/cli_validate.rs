@@ -261,3 +261,32 @@ fn schema_command_prints_the_schema_file() {
     .unwrap();
     assert_eq!(stdout(&o), file);
 }
+
+#[test]
+fn hidden_folders_and_editor_files_in_a_recipe_folder_are_not_read() {
+    let d = temp_dir("hidden");
+    let good = std::fs::read_to_string("recipes/sendpulse-subscriber-to-ghl-contact.yaml").unwrap();
+    std::fs::write(d.join("contact.yaml"), &good).unwrap();
+    // A Kubernetes ConfigMap mount: the real files live under `..data`
+    // (read, they would be a duplicate recipe name).
+    std::fs::create_dir_all(d.join("..data")).unwrap();
+    std::fs::write(d.join("..data/contact.yaml"), &good).unwrap();
+    // Editor companions, broken as a half-saved file is.
+    for junk in [
+        "contact.yaml~",
+        ".#contact.yaml",
+        ".contact.yaml.swp",
+        "contact.tmp.yaml",
+    ] {
+        std::fs::write(d.join(junk), "recipe: [half saved").unwrap();
+    }
+    let o = run(&[
+        "validate",
+        d.to_str().unwrap(),
+        "--connections",
+        "tests/validate/connections.yaml",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{}{err}", stdout(&o));
+    assert!(err.contains("checked 1 file: 0 errors"), "{err}");
+}

@@ -1530,6 +1530,68 @@ async fn sendpulse_remaining_routes() {
 }
 
 #[tokio::test]
+async fn highlevel_webhooks_share_one_client_and_its_kept_alive_connection() {
+    // A receiver that keeps the peer address of each delivery.
+    let peers = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<std::net::SocketAddr>::new()));
+    let sink = peers.clone();
+    let app = axum::Router::new().route(
+        "/hooks/ghl",
+        axum::routing::post(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                std::net::SocketAddr,
+            >| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().await.push(peer);
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/ghl", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let g = Ghl::start(GhlConfig {
+        webhook: Some(ghl::WebhookTarget {
+            url,
+            key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let delivered = |n: usize| {
+        let peers = peers.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while peers.lock().await.len() < n && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Time for the answered connection to go back to the pool.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for email in ["one@example.com", "two@example.com"] {
+        let (status, body) = send(
+            g.v2(Method::POST, "/contacts/")
+                .json(&json!({"locationId": g.loc(), "email": email})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        delivered(if email.starts_with("one") { 1 } else { 2 }).await;
+    }
+    let peers = peers.lock().await;
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0], peers[1], "each webhook opened its own connection");
+}
+
+#[tokio::test]
 async fn highlevel_sends_signed_contact_webhooks_like_a_location_does() {
     use base64::Engine as _;
     use ed25519_dalek::Verifier;

@@ -259,3 +259,52 @@ async fn failures_exit_one_with_the_api_message_and_no_secret() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_file_the_server_would_not_take_exits_two_with_the_server_message() {
+    let w = world("refused").await;
+    // One object where SendPulse posts an array: the server answers 400
+    // with this message (tests/engine.rs), and so does `fire`.
+    let ev = w.event(
+        "object.json",
+        json!({"event": "new_emails", "book_id": "490686", "email": "x@example.com"}),
+    );
+    let o = w
+        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &["--dry-run"])
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("object.json: SendPulse deliveries are a JSON array of events\n"),
+        "{}",
+        text(&o)
+    );
+    // Items are routed by their type, as the server routes them.
+    let ev = w.event(
+        "untyped.json",
+        json!([{"book_id": "490686", "email": "x@example.com"}]),
+    );
+    let o = w
+        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &["--dry-run"])
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("item 1 of the delivery has no `event` field naming its event type"),
+        "{}",
+        text(&o)
+    );
+    let ev = w.event(
+        "other.json",
+        json!([{"event": "unsubscribe", "book_id": "490686", "email": "x@example.com"}]),
+    );
+    let o = w
+        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &["--dry-run"])
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("other.json: no item of the delivery is a sendpulse.subscriber.added event"),
+        "{}",
+        text(&o)
+    );
+    assert!(w.ghl.requests().is_empty());
+}

@@ -525,3 +525,17 @@ async fn list_operations_page_through_every_record() {
     assert!(pages.len() >= 3 && pages.len() <= 4, "{pages:?}");
     assert!(pages[1].contains("startAfterId="), "{pages:?}");
 }
+
+#[test]
+fn set_connections_names_the_added_changed_and_removed_connections_only() {
+    let a = conn("a", "ghl", &[("token", "t1", true)]);
+    let b = conn("b", "ghl", &[("token", "t2", true)]);
+    let (rt, _) = runtime(vec![a.clone(), b.clone()]);
+    // The same values again: nothing changed.
+    assert!(rt.set_connections(vec![a.clone(), b.clone()]).is_empty());
+    // A rotated secret is a change; a removed and an added one are too.
+    let rotated = conn("a", "ghl", &[("token", "t1-rotated", true)]);
+    assert_ne!(rotated, a);
+    let c = conn("c", "sendpulse", &[]);
+    assert_eq!(rt.set_connections(vec![rotated, c]), ["a", "b", "c"]);
+}

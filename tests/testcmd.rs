@@ -127,7 +127,7 @@ fn a_passing_case_exits_0_with_the_summary_and_takes_no_real_time_for_back_off()
 fn a_missing_request_fails_with_its_number_and_operation() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
     expect:
@@ -150,7 +150,7 @@ fn a_missing_request_fails_with_its_number_and_operation() {
 fn an_extra_request_fails_with_what_was_sent() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: { id: c1 } } }
       ghl.notes.create: { status: 201 }
@@ -169,7 +169,7 @@ fn an_extra_request_fails_with_what_was_sent() {
 fn a_body_difference_fails_with_the_pointer_and_a_diff() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: x@y.z }]
+    event: [{ event: new_emails, book_id: "1", email: x@y.z }]
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
     expect:
@@ -190,7 +190,7 @@ fn a_body_difference_fails_with_the_pointer_and_a_diff() {
 fn requests_in_another_order_fail_as_wrong_order() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: { id: c1 } } }
       ghl.notes.create: { status: 201 }
@@ -210,7 +210,7 @@ fn requests_in_another_order_fail_as_wrong_order() {
 fn a_wrong_outcome_fails_with_the_error_that_ended_the_run() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { status: 400, body: { message: "bad email" } }
     expect:
@@ -225,7 +225,7 @@ fn a_wrong_outcome_fails_with_the_error_that_ended_the_run() {
     );
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { status: 400, body: { message: "bad email" } }
     expect:
@@ -245,7 +245,7 @@ fn a_wrong_outcome_fails_with_the_error_that_ended_the_run() {
 fn an_uncalled_canned_response_fails_the_case() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert:
         - { body: { contact: {} } }
@@ -262,7 +262,7 @@ fn an_uncalled_canned_response_fails_the_case() {
 fn a_call_without_a_canned_response_fails_the_case() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: { id: c1 } } }
 "#,
@@ -274,7 +274,7 @@ fn a_call_without_a_canned_response_fails_the_case() {
     // The last answer of a sequence is not repeated.
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: [{ status: 500 }]
 "#,
@@ -289,7 +289,7 @@ fn a_call_without_a_canned_response_fails_the_case() {
 fn skipped_steps_outputs_and_links_are_checked() {
     let out = failing(
         r#"  - name: c
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: { name: x } } }
     expect:
@@ -310,7 +310,7 @@ fn skipped_steps_outputs_and_links_are_checked() {
 fn transport_errors_auth_renewal_store_seed_and_filtered_events() {
     let dir = setup(
         r#"  - name: timeout fails the run after the retries
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: [{ error: timeout }, { error: reset }, { error: timeout }]
     expect:
@@ -318,7 +318,7 @@ fn transport_errors_auth_renewal_store_seed_and_filtered_events() {
       error: timeout
       failed_step: contact
   - name: an expired token is renewed once
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     store:
       - { namespace: contacts, key: a@b.c, value: old }
     responses:
@@ -331,10 +331,10 @@ fn transport_errors_auth_renewal_store_seed_and_filtered_events() {
         - { operation: ghl.notes.create, path: /contacts/c2/notes }
       links: [{ namespace: contacts, key: a@b.c, value: c2 }]
   - name: another book is filtered out
-    event: [{ book_id: "2", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "2", email: a@b.c }]
     expect: { outcome: skipped, requests: [] }
   - name: vars override the recipe's
-    event: [{ book_id: "2", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "2", email: a@b.c }]
     vars: { book: 2 }
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
@@ -355,6 +355,32 @@ fn transport_errors_auth_renewal_store_seed_and_filtered_events() {
     let o = test_dir(&dir, &[]);
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     assert_eq!(o.stdout, "5 passed, 0 failed\n");
+}
+
+/// The server's answer to a SendPulse delivery that is not an array
+/// (tests/engine.rs checks the server says exactly this).
+const NOT_AN_ARRAY: &str = "SendPulse deliveries are a JSON array of events";
+
+#[test]
+fn a_delivery_the_server_would_not_take_fails_the_case_with_the_server_message() {
+    let out = failing(
+        r#"  - name: one object instead of an array
+    event: { event: new_emails, book_id: "1", email: a@b.c }
+    expect: { requests: [] }
+"#,
+    );
+    assert!(out.contains(&format!("  {NOT_AN_ARRAY}\n")), "{out}");
+    // An item without its type field is no event for the server either.
+    let out = failing(
+        r#"  - name: an item without its type
+    event: [{ book_id: "1", email: a@b.c }]
+    expect: { outcome: skipped, requests: [] }
+"#,
+    );
+    assert!(
+        out.contains("  item 1 of the delivery has no `event` field naming its event type, so no trigger takes it\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -433,7 +459,7 @@ fn junit_output_is_well_formed_and_escaped() {
     let dir = setup(&format!(
         "{PASSING}{}",
         r#"  - name: "fails <with> & \"quotes\""
-    event: [{ book_id: "1", email: "<x>@y.z" }]
+    event: [{ event: new_emails, book_id: "1", email: "<x>@y.z" }]
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
     expect:
@@ -460,7 +486,7 @@ fn json_output_lists_cases_mismatches_and_requests() {
     let dir = setup(&format!(
         "{PASSING}{}",
         r#"  - name: fails
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
     expect: { outcome: skipped }
@@ -491,7 +517,7 @@ fn filter_runs_only_matching_cases() {
     let dir = setup(&format!(
         "{PASSING}{}",
         r#"  - name: fails
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     expect: { outcome: failed }
 "#
     ));
@@ -508,7 +534,7 @@ fn update_rewrites_expected_requests_and_then_passes() {
     let dir = setup(
         r#"  # a comment that stays
   - name: recorded
-    event: [{ book_id: "1", email: a@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: a@b.c }]
     responses:
       ghl.contacts.upsert:
         - { status: 429 }
@@ -520,7 +546,7 @@ fn update_rewrites_expected_requests_and_then_passes() {
           body: { email: wrong@b.c }
       outcome: completed   # kept too
   - name: new case without expectations
-    event: [{ book_id: "1", email: q@b.c }]
+    event: [{ event: new_emails, book_id: "1", email: q@b.c }]
     responses:
       ghl.contacts.upsert: { body: { contact: {} } }
 "#,

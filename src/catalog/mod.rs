@@ -169,6 +169,17 @@ impl Catalog {
         })
     }
 
+    /// Every operation of one connector (none for an unknown name).
+    pub fn operations_of<'a>(&'a self, connector: &str) -> impl Iterator<Item = OpRef> + 'a {
+        let c = self.connectors.get(connector);
+        c.into_iter().flat_map(|c| {
+            (0..c.def.operations.len()).map(move |index| OpRef {
+                connector: c.clone(),
+                index,
+            })
+        })
+    }
+
     /// Every operation id, for suggestions.
     pub fn operation_ids(&self) -> Vec<String> {
         self.operations().map(|o| o.id()).collect()

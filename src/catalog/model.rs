@@ -221,7 +221,7 @@ pub enum Encoding {
 }
 
 /// One rate-limit window.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateWindow {
     /// Requests allowed per window.

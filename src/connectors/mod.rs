@@ -88,9 +88,9 @@ pub struct Reply {
 /// Answers requests in place of the network (`patchbay test`): auth,
 /// retries, `Retry-After` and error classification stay the runtime's own.
 pub trait Transport: Send + Sync {
-    /// The answer to one attempt of operation `op` on `connection`, or the
-    /// transport failure (`timeout`, `network`) it stands for.
-    fn answer(&self, op: &str, connection: &str, request: &Prepared) -> Result<Reply, StepError>;
+    /// The answer to one attempt of operation `op`, or the transport
+    /// failure (`timeout`, `network`) it stands for.
+    fn answer(&self, op: &str, request: &Prepared) -> Result<Reply, StepError>;
 }
 
 impl Conn {
@@ -258,7 +258,7 @@ impl Runtime {
         let mut touched = Vec::new();
         for c in connections {
             match conns.get(&c.name) {
-                Some(old) if old.resolved.same_as(&c) => {
+                Some(old) if old.resolved == c => {
                     next.insert(c.name.clone(), old.clone());
                 }
                 _ => {
@@ -582,7 +582,7 @@ impl Runtime {
         loop {
             conn.limiter.acquire().await;
             let _slot = conn.slots.acquire().await.expect("semaphore open");
-            let result = match transport.answer(&op.id(), &conn.resolved.name, prepared) {
+            let result = match transport.answer(&op.id(), prepared) {
                 Ok(r) => self.response(conn, r.status, &header_map(&r.headers), r.body),
                 Err(error) => Err(error.into()),
             };
@@ -757,7 +757,7 @@ impl Runtime {
         })?;
         let (status, headers, text) = match &self.transport {
             Some(t) => {
-                let r = t.answer(&op.id(), "", p)?;
+                let r = t.answer(&op.id(), p)?;
                 (r.status, header_map(&r.headers), r.body)
             }
             None => {

@@ -152,6 +152,7 @@ pub async fn start(config: GhlConfig) -> std::io::Result<GhlEmulator> {
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(st),
+        webhook_client: std::sync::OnceLock::new(),
     });
     let emulator = Emulator::serve(
         router(shared.clone()),
@@ -289,6 +290,8 @@ impl GhlEmulator {
 struct Shared {
     config: GhlConfig,
     state: Mutex<St>,
+    /// Sends the webhooks, built on the first: one connection pool for all.
+    webhook_client: std::sync::OnceLock<reqwest::Client>,
 }
 
 #[derive(Default)]
@@ -317,7 +320,7 @@ impl Shared {
     /// Delivers a contact webhook (`ContactCreate`, `ContactUpdate`) in the
     /// background, as HighLevel does after the API call answered.
     fn emit(&self, kind: &str, contact: &Value) {
-        let Some(target) = self.config.webhook.clone() else {
+        let Some(target) = &self.config.webhook else {
             return;
         };
         let mut body = contact.as_object().cloned().unwrap_or_default();
@@ -334,16 +337,21 @@ impl Shared {
             use ed25519_dalek::Signer;
             base64::engine::general_purpose::STANDARD.encode(target.key.sign(&raw).to_bytes())
         };
+        let client = self
+            .webhook_client
+            .get_or_init(reqwest::Client::new)
+            .clone();
+        let url = target.url.clone();
         tokio::spawn(async move {
-            let sent = reqwest::Client::new()
-                .post(&target.url)
+            let sent = client
+                .post(&url)
                 .header("content-type", "application/json")
                 .header("x-ghl-signature", signature)
                 .body(raw)
                 .send()
                 .await;
             if let Err(e) = sent {
-                tracing::debug!(url = %target.url, error = %e, "emulated HighLevel webhook not delivered");
+                tracing::debug!(url = %url, error = %e, "emulated HighLevel webhook not delivered");
             }
         });
     }

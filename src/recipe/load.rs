@@ -64,15 +64,54 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The files under `dir` (recursively, in name order) that `keep` accepts.
+/// File names editors and tools write next to the real file while saving.
+pub fn is_editor_junk(name: &str) -> bool {
+    name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".swo")
+        || name.ends_with('~')
+        || name.starts_with(".#")
+        || (name.starts_with('#') && name.ends_with('#'))
+        || name == "4913"
+        || name.ends_with(".tmp")
+        || name.contains(".tmp.")
+}
+
+/// Whether a folder entry is never read as part of a recipe or catalog
+/// folder: hidden entries (`.git`, the `..data` of a Kubernetes ConfigMap
+/// mount, whose files are also linked from the folder itself) and editor
+/// companions.
+pub fn is_skipped_entry(name: &str) -> bool {
+    name.starts_with('.') || is_editor_junk(name)
+}
+
+/// The files under `dir` (recursively, in name order, symlinks followed)
+/// that `keep` accepts, skipping [`is_skipped_entry`] names.
 pub fn walk(dir: &Path, keep: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    walk_at(dir, keep, 0, out)
+}
+
+fn walk_at(
+    dir: &Path,
+    keep: fn(&Path) -> bool,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    // Symlinks are followed: a bound on depth ends a loop of them.
+    if depth > 16 {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
     for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if is_skipped_entry(name) {
+            continue;
+        }
         if p.is_dir() {
-            walk(&p, keep, out)?;
+            walk_at(&p, keep, depth + 1, out)?;
         } else if keep(&p) {
             out.push(p);
         }
@@ -134,4 +173,28 @@ pub fn load_paths(
         texts.push((f.display().to_string(), text));
     }
     Ok(load_texts(&texts, catalog, connections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn editor_files_and_hidden_entries_are_skipped() {
+        for j in [
+            ".x.yaml.swp",
+            "x.yaml~",
+            ".#x.yaml",
+            "#x.yaml#",
+            "4913",
+            "x.yaml.tmp",
+        ] {
+            assert!(is_editor_junk(j), "{j}");
+            assert!(is_skipped_entry(j), "{j}");
+        }
+        for ok in ["x.yaml", "..data", "a.yml"] {
+            assert!(!is_editor_junk(ok), "{ok}");
+        }
+        assert!(is_skipped_entry("..data") && is_skipped_entry(".git"));
+    }
 }

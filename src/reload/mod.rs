@@ -26,7 +26,7 @@ use tokio::sync::watch as signal;
 use crate::catalog::Catalog;
 use crate::connections::{Connections, ResolvedConnection};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::recipe::load::{is_recipe_file, load_texts};
+use crate::recipe::load::{is_recipe_file, is_skipped_entry, load_texts, walk};
 use crate::recipe::validate::{version_of, TriggerKind, ValidRecipe};
 use crate::service::Service;
 use crate::store::versions::StoredVersion;
@@ -222,10 +222,9 @@ struct Applied {
     files: BTreeMap<String, String>,
     /// Hash of the connections file as last read.
     connections_hash: Option<String>,
-    /// The connections file as last applied.
+    /// The connections file as last applied (the resolved connections
+    /// serving now live in the runtime, which diffs them).
     decls: Option<Connections>,
-    /// The resolved connections serving now.
-    resolved: Vec<ResolvedConnection>,
     /// Hash of the `--catalog` folder the engine started with.
     catalog_hash: Option<String>,
     /// Hash of the `--catalog` folder as last read.
@@ -254,14 +253,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader over a started service; `decls` and `resolved` are the
-    /// connections it started with.
+    /// A reloader over a started service; `decls` is the connections file
+    /// it started with.
     pub fn new(
         svc: Arc<Service>,
         sources: Sources,
         fixed: Fixed,
         decls: Option<Connections>,
-        resolved: Vec<ResolvedConnection>,
         stop: signal::Receiver<bool>,
     ) -> Reloader {
         let catalog_hash = sources.catalog.as_deref().and_then(tree_hash);
@@ -277,7 +275,6 @@ impl Reloader {
             fixed,
             applied: tokio::sync::Mutex::new(Applied {
                 decls,
-                resolved,
                 catalog_seen: catalog_hash.clone(),
                 catalog_hash,
                 connections_hash,
@@ -436,7 +433,8 @@ impl Reloader {
         // 3. Connections: parsed and resolved like at start; a file that
         // does not parse or resolve is rejected and the old ones stay.
         let mut decls = applied.decls.clone();
-        let mut resolved = applied.resolved.clone();
+        // None: the connections serving now stay.
+        let mut resolved: Option<Vec<ResolvedConnection>> = None;
         if let Some(path) = &self.sources.connections {
             let file = path.display().to_string();
             match &conn_text {
@@ -444,7 +442,7 @@ impl Reloader {
                     Ok(d) => match resolve_all(&file, &d, &self.catalog) {
                         Ok(r) => {
                             decls = Some(d);
-                            resolved = r;
+                            resolved = Some(r);
                         }
                         Err(diag) => {
                             persistent.insert(file.clone(), Rejected::new(&file, vec![diag]));
@@ -559,7 +557,6 @@ impl Reloader {
         report.added.sort();
         report.changed.sort();
         report.removed.sort();
-        let conn_changes = connection_changes(&applied.resolved, &resolved);
 
         // 7. Commit: versions are queued to the store's writer first, so no
         // event naming a new version can commit before it (one writer, in
@@ -571,11 +568,12 @@ impl Reloader {
             .save_versions(&new_versions)
             .await
             .map_err(|e| format!("cannot record the new recipe versions: {e}"))?;
-        if !conn_changes.is_empty() {
-            self.svc.runtime.set_connections(resolved.clone());
-            self.svc.connections.replace(resolved.clone());
+        if let Some(resolved) = resolved {
+            report.connections = self.svc.runtime.set_connections(resolved.clone());
+            if !report.connections.is_empty() {
+                self.svc.connections.replace(resolved);
+            }
         }
-        report.connections = conn_changes;
         let set = current.succeed(next.clone());
         *self.svc.recipes.write().expect("recipes lock") = Arc::new(set);
         self.svc.dispatch.work.notify_one();
@@ -600,7 +598,6 @@ impl Reloader {
         applied.catalog_seen = catalog_hash;
         applied.connections_hash = conn_hash;
         applied.decls = decls;
-        applied.resolved = resolved;
         applied.rejected = persistent;
         report.rejected = applied.rejected.values().cloned().collect();
         Ok(Some(committed))
@@ -735,37 +732,6 @@ fn resolve_all(
     Ok(out)
 }
 
-/// Names of connections added, removed, or whose values changed.
-fn connection_changes(old: &[ResolvedConnection], new: &[ResolvedConnection]) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in new {
-        match old.iter().find(|o| o.name == n.name) {
-            Some(o) if o.same_as(n) => {}
-            _ => out.push(n.name.clone()),
-        }
-    }
-    for o in old {
-        if !new.iter().any(|n| n.name == o.name) {
-            out.push(o.name.clone());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// File names editors and tools write next to the real file while saving.
-pub fn is_editor_junk(name: &str) -> bool {
-    name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.ends_with(".swo")
-        || name.ends_with('~')
-        || name.starts_with(".#")
-        || (name.starts_with('#') && name.ends_with('#'))
-        || name == "4913"
-        || name.ends_with(".tmp")
-        || name.contains(".tmp.")
-}
-
 /// Every recipe file under `root` with its text, sorted by path. Hidden
 /// entries (`.git`, Kubernetes' `..data`, editors' dot-temp files) are
 /// skipped; symlinks are followed, so a ConfigMap's `x.yaml -> ..data/x.yaml`
@@ -775,7 +741,7 @@ pub fn read_recipes(root: &Path) -> Result<Vec<(String, String)>, String> {
         .map_err(|e| format!("cannot read recipe folder {}: {e}", root.display()))?;
     let mut files = Vec::new();
     if meta.is_dir() {
-        walk(root, 0, &mut files)
+        walk(root, is_recipe_file, &mut files)
             .map_err(|e| format!("cannot read recipe folder {}: {e}", root.display()))?;
     } else {
         files.push(root.to_path_buf());
@@ -791,28 +757,6 @@ pub fn read_recipes(root: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if depth > 16 {
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || is_editor_junk(name) {
-            continue;
-        }
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, depth + 1, out)?,
-            Ok(_) if is_recipe_file(&p) => out.push(p),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// A hash of every file under a folder (names and contents), to notice a
 /// changed catalog.
 fn tree_hash(dir: &Path) -> Option<String> {
@@ -824,7 +768,7 @@ fn tree_hash(dir: &Path) -> Option<String> {
         for e in rd.flatten() {
             let p = e.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') || is_editor_junk(name) || depth > 16 {
+            if is_skipped_entry(name) || depth > 16 {
                 continue;
             }
             if p.is_dir() {
@@ -849,23 +793,6 @@ fn tree_hash(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn editor_files_are_junk() {
-        for j in [
-            ".x.yaml.swp",
-            "x.yaml~",
-            ".#x.yaml",
-            "#x.yaml#",
-            "4913",
-            "x.yaml.tmp",
-        ] {
-            assert!(is_editor_junk(j), "{j}");
-        }
-        for ok in ["x.yaml", "..data", "a.yml"] {
-            assert!(!is_editor_junk(ok), "{ok}");
-        }
-    }
 
     #[test]
     fn hidden_and_junk_files_are_not_read() {

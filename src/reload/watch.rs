@@ -15,7 +15,8 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
-use super::{is_editor_junk, Reloader, Trigger};
+use super::{Reloader, Trigger};
+use crate::recipe::load::is_editor_junk;
 
 /// The watcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +68,9 @@ impl Root {
         }
     }
 
-    /// Whether an event on `p` may change what this tree holds.
+    /// Whether an event on `p` may change what this tree holds. Hidden
+    /// entries count (unlike when reading): Kubernetes updates a ConfigMap
+    /// mount by re-pointing its `..data` symlink.
     fn concerns(&self, p: &Path) -> bool {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         self.tree && p.starts_with(&self.path) && (p == self.path || !is_editor_junk(name))

@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::catalog::{OpKind, Split};
 use crate::service::Service;
 use crate::store::Delivery;
 
@@ -116,32 +115,16 @@ async fn hook(
             return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
         }
     };
-    if hook.split == Split::Array && !parsed.is_array() {
-        let msg = format!("{} deliveries are a JSON array of events", def.title);
-        return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
-    }
-    let payloads = crate::engine::event::split(parsed, hook.split == Split::Array);
+    let items = match crate::engine::event::delivery(&svc.catalog, def, parsed) {
+        Ok(items) => items,
+        Err(e) => return reject(&svc, &connection, StatusCode::BAD_REQUEST, e.to_string()).await,
+    };
     let recipes = svc.recipes();
     let mut events = Vec::new();
     let mut unmatched = 0u32;
-    let total = payloads.len() as u32;
-    for payload in payloads {
-        let ty = hook
-            .type_field
-            .as_ref()
-            .and_then(|f| payload.get(f))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let op = svc.catalog.operations().find(|o| {
-            o.connector().connector == def.connector
-                && o.def().kind == OpKind::Webhook
-                && match (&ty, &o.def().event_type) {
-                    (Some(t), Some(e)) => t == e,
-                    (_, None) => hook.type_field.is_none(),
-                    (None, Some(_)) => false,
-                }
-        });
-        let Some(op) = op else {
+    let total = items.len() as u32;
+    for item in items {
+        let Ok((op, payload)) = item else {
             unmatched += 1;
             continue;
         };

@@ -84,7 +84,7 @@ impl Canned {
 }
 
 impl Transport for Canned {
-    fn answer(&self, op: &str, _connection: &str, p: &Prepared) -> Result<Reply, StepError> {
+    fn answer(&self, op: &str, p: &Prepared) -> Result<Reply, StepError> {
         let mut s = self.state.lock().expect("canned lock");
         let mut query = Map::new();
         for (k, v) in &p.query {

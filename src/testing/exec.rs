@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::canned::{scalar_text, Canned, LinkWrite, Recorded, TestStore};
 use super::file::{ExpectedRequest, LoadedTest, Outcome, ReadyCase};
 use super::matcher::{exact, line_diff, pretty, project, short, subset, Difference};
-use crate::catalog::{Catalog, OpKind, Split};
+use crate::catalog::Catalog;
 use crate::connections::ResolvedConnection;
 use crate::connectors::Runtime;
 use crate::engine::{self, event, NoCheckpoints, RunRequest, RunStatus, StepRecord, StepStatus};
@@ -131,7 +131,7 @@ impl FileRunner {
             &overridden
         };
         let mut mismatches = Vec::new();
-        let events = match events_of(recipe, c) {
+        let events = match events_of(self.runtime.catalog(), recipe, c) {
             Ok(e) => e,
             Err(msg) => {
                 mismatches.push(Mismatch::new("event", msg));
@@ -376,28 +376,13 @@ fn test_connections(
 }
 
 /// The events a case's payload becomes, as the engine would make them.
-fn events_of(recipe: &ValidRecipe, c: &ReadyCase) -> Result<Vec<Value>, String> {
+fn events_of(catalog: &Catalog, recipe: &ValidRecipe, c: &ReadyCase) -> Result<Vec<Value>, String> {
     match &recipe.trigger.kind {
         TriggerKind::Webhook(op) => {
             let Some(v) = c.event.clone() else {
                 return Err("the case gives no `event` (the webhook delivery)".into());
             };
-            let hook = op.connector().webhook.as_ref();
-            let split =
-                op.def().kind == OpKind::Webhook && hook.is_some_and(|w| w.split == Split::Array);
-            let type_field = hook.and_then(|w| w.type_field.as_deref());
-            let want = op.def().event_type.as_deref();
-            Ok(event::split(v, split)
-                .into_iter()
-                .filter(|p| match (type_field, want) {
-                    // An item without the type field is taken as this trigger's.
-                    (Some(f), Some(t)) => {
-                        p.get(f).and_then(Value::as_str).is_none_or(|got| got == t)
-                    }
-                    _ => true,
-                })
-                .map(|p| event::coerce(op, p))
-                .collect())
+            event::for_trigger(catalog, op, v).map_err(|e| e.to_string())
         }
         TriggerKind::Poll { op, .. } => {
             let Some(v) = c.event.clone() else {
