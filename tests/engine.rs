@@ -411,7 +411,7 @@ async fn polled_records_become_one_run_each_across_a_restart() {
     let recipe = e.svc.recipes().get("crm-task-poll").unwrap();
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 2);
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 0);
-    e.svc.dispatch.stored();
+    e.svc.dispatch.stored(2);
     e.settle().await;
     let runs = e.runs(RunState::Completed).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
@@ -492,7 +492,7 @@ async fn failed_runs_are_dead_letters_and_replay_runs_them_again() {
         .await
         .unwrap()
         .unwrap();
-    e.svc.dispatch.stored();
+    e.svc.dispatch.stored(1);
     e.settle().await;
     let (run, steps) = e.svc.store.run(&new_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunState::Completed);

@@ -162,7 +162,7 @@ impl State {
         for (k, v) in extra {
             m.insert(k, template::to_value(v));
         }
-        minijinja::Value::from_iter(m)
+        minijinja::Value::from(m)
     }
 
     fn record(&mut self, r: &StepRecord) {
