@@ -739,11 +739,15 @@ mod tests {
             next(daily, "America/New_York", "2026-03-07T07:30:00Z"),
             "2026-03-08T07:00:00Z"
         );
-        // An interval job has no tick in the gap and loses none: the hour
-        // after 01:30 CET is 03:00 CEST, 30 minutes later.
+        // Other jobs skip the times in the gap: after 01:30 CET comes
+        // 03:00 CEST, 30 minutes later, and a list of hours loses 02:30.
         assert_eq!(
             next("0,30 * * * *", "Europe/Berlin", "2026-03-29T00:30:00Z"),
             "2026-03-29T01:00:00Z"
+        );
+        assert_eq!(
+            next("30 2,14 * * *", "Europe/Berlin", "2026-03-28T13:30:00Z"),
+            "2026-03-29T12:30:00Z"
         );
     }
 
