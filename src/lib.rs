@@ -28,3 +28,4 @@ pub mod store;
 pub mod template;
 pub mod testing;
 pub mod yaml;
+pub mod zone;

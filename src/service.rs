@@ -587,17 +587,40 @@ pub fn next_due(
         TriggerKind::Every(d) | TriggerKind::Poll { every: d, .. } => {
             last + chrono::Duration::from_std(*d).unwrap_or_default()
         }
-        TriggerKind::Cron {
-            cron, utc_offset, ..
-        } => {
-            let tz = chrono::FixedOffset::east_opt(*utc_offset)
-                .unwrap_or(chrono::FixedOffset::east_opt(0).expect("zero offset"));
-            cron.find_next_occurrence(&last.with_timezone(&tz), false)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or(now + chrono::Duration::days(365))
+        TriggerKind::Cron { cron, zone, .. } => {
+            next_cron(cron, zone, last).unwrap_or(now + chrono::Duration::days(365))
         }
         TriggerKind::Webhook(_) => now + chrono::Duration::days(365),
     }
+}
+
+/// The first tick of `cron`, read in `zone`, strictly after `last`.
+///
+/// croner resolves a repeated (fall-back) wall-clock time to its earlier
+/// instant even when `last` already lies past it, in the repeated hour (a
+/// late fire after downtime). That tick has passed: the walk goes on from
+/// the later instant of the same wall-clock time, so a time is used once
+/// and an overdue tick never fires again and again.
+pub fn next_cron(
+    cron: &croner::Cron,
+    zone: &crate::zone::Zone,
+    last: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    use chrono::TimeZone as _;
+    let mut from = last.with_timezone(zone);
+    // Two passes at most: one fold per tick.
+    for _ in 0..3 {
+        let next = cron.find_next_occurrence(&from, false).ok()?;
+        if next.with_timezone(&Utc) > last {
+            return Some(next.with_timezone(&Utc));
+        }
+        let later = zone.from_local_datetime(&next.naive_local()).latest()?;
+        if later <= from {
+            return None;
+        }
+        from = later;
+    }
+    None
 }
 
 /// Checkpoints into the store.
@@ -618,5 +641,177 @@ impl CheckpointSink for StoreSink {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::Zone;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The next tick after `last`, as RFC 3339 in UTC.
+    fn next(expr: &str, zone: &str, last: &str) -> String {
+        let cron: croner::Cron = expr.parse().unwrap();
+        let zone = Zone::parse(zone).unwrap();
+        next_cron(&cron, &zone, at(last))
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+
+    #[test]
+    fn next_due_reads_cron_in_the_validated_zone() {
+        let text = |tz: &str| {
+            format!(
+                "recipe: r\ntrigger:\n  cron: \"0 9 * * 1-5\"\n  timezone: {tz}\nsteps:\n  - id: s\n    action: http.request\n    with: {{ method: GET, url: https://example.com }}\n"
+            )
+        };
+        let catalog = crate::catalog::Catalog::builtin();
+        let last = at("2026-07-03T16:00:00Z"); // Friday, after 09:00 in all four
+        for (tz, want) in [
+            ("America/New_York", "2026-07-06T13:00:00+00:00"),
+            ("Europe/Berlin", "2026-07-06T07:00:00+00:00"),
+            ("UTC", "2026-07-06T09:00:00+00:00"),
+            ("Etc/UTC", "2026-07-06T09:00:00+00:00"),
+            ("\"+02:00\"", "2026-07-06T07:00:00+00:00"),
+        ] {
+            let loaded =
+                crate::recipe::load::load_texts(&[("r.yaml".into(), text(tz))], &catalog, None);
+            assert!(
+                loaded.diagnostics.is_empty(),
+                "{tz}: {:?}",
+                loaded.diagnostics
+            );
+            let due = next_due(&loaded.recipes[0], Some(last), last);
+            assert_eq!(due.to_rfc3339(), want, "{tz}");
+        }
+    }
+
+    #[test]
+    fn weekday_nine_in_berlin_follows_daylight_saving_time() {
+        let weekdays = "0 9 * * 1-5";
+        // Winter (CET, UTC+1): 09:00 is 08:00 UTC.
+        assert_eq!(
+            next(weekdays, "Europe/Berlin", "2026-03-26T08:00:00Z"),
+            "2026-03-27T08:00:00Z"
+        );
+        // Over the weekend of 2026-03-29 (spring forward) into CEST
+        // (UTC+2): Monday 09:00 is 07:00 UTC.
+        assert_eq!(
+            next(weekdays, "Europe/Berlin", "2026-03-27T08:00:00.120Z"),
+            "2026-03-30T07:00:00Z"
+        );
+        // Over the weekend of 2026-10-25 (fall back) into CET again.
+        assert_eq!(
+            next(weekdays, "Europe/Berlin", "2026-10-23T07:00:00.080Z"),
+            "2026-10-26T08:00:00Z"
+        );
+        // A fixed offset does not move.
+        assert_eq!(
+            next(weekdays, "+01:00", "2026-03-27T08:00:00Z"),
+            "2026-03-30T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn weekday_nine_in_new_york_follows_daylight_saving_time() {
+        let weekdays = "0 9 * * 1-5";
+        // EST (UTC-5) -> EDT (UTC-4) on Sunday 2026-03-08.
+        assert_eq!(
+            next(weekdays, "America/New_York", "2026-03-06T14:00:00Z"),
+            "2026-03-09T13:00:00Z"
+        );
+        // EDT -> EST on Sunday 2026-11-01.
+        assert_eq!(
+            next(weekdays, "America/New_York", "2026-10-30T13:00:00Z"),
+            "2026-11-02T14:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_time_in_the_spring_forward_gap_runs_right_after_the_gap_that_day() {
+        // Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST, so 02:30 does
+        // not exist. croner runs the job at the first valid time after the
+        // gap (03:00 CEST = 01:00 UTC), the same day, once.
+        let daily = "30 2 * * *";
+        assert_eq!(
+            next(daily, "Europe/Berlin", "2026-03-28T01:30:00Z"),
+            "2026-03-29T01:00:00Z"
+        );
+        // The day after is back to 02:30, now CEST (00:30 UTC).
+        assert_eq!(
+            next(daily, "Europe/Berlin", "2026-03-29T01:00:00.050Z"),
+            "2026-03-30T00:30:00Z"
+        );
+        // New York, 2026-03-08: 02:00 EST jumps to 03:00 EDT.
+        assert_eq!(
+            next(daily, "America/New_York", "2026-03-07T07:30:00Z"),
+            "2026-03-08T07:00:00Z"
+        );
+        // Other jobs skip the times in the gap: after 01:30 CET comes
+        // 03:00 CEST, 30 minutes later, and a list of hours loses 02:30.
+        assert_eq!(
+            next("0,30 * * * *", "Europe/Berlin", "2026-03-29T00:30:00Z"),
+            "2026-03-29T01:00:00Z"
+        );
+        assert_eq!(
+            next("30 2,14 * * *", "Europe/Berlin", "2026-03-28T13:30:00Z"),
+            "2026-03-29T12:30:00Z"
+        );
+    }
+
+    #[test]
+    fn a_time_in_the_fall_back_fold_runs_once() {
+        // Berlin, 2026-10-25: 03:00 CEST goes back to 02:00 CET, so 02:30
+        // happens twice. The job runs at the first one (02:30 CEST =
+        // 00:30 UTC) and next on the 26th, not at 02:30 CET.
+        let daily = "30 2 * * *";
+        assert_eq!(
+            next(daily, "Europe/Berlin", "2026-10-24T00:30:00Z"),
+            "2026-10-25T00:30:00Z"
+        );
+        assert_eq!(
+            next(daily, "Europe/Berlin", "2026-10-25T00:30:00.200Z"),
+            "2026-10-26T01:30:00Z"
+        );
+        // An engine that was down fires the overdue tick late, inside the
+        // repeated hour (02:15 CET = 01:15 UTC): croner alone would answer
+        // 02:30 CEST, in the past, and the schedule would fire in a loop
+        // until 02:30 CET. The tick is skipped instead.
+        let cron: croner::Cron = daily.parse().unwrap();
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let alone = cron
+            .find_next_occurrence(&at("2026-10-25T01:15:00Z").with_timezone(&berlin), false)
+            .unwrap();
+        assert_eq!(alone.with_timezone(&Utc), at("2026-10-25T00:30:00Z"));
+        assert_eq!(
+            next(daily, "Europe/Berlin", "2026-10-25T01:15:00Z"),
+            "2026-10-26T01:30:00Z"
+        );
+        // New York, 2026-11-01: 02:00 EDT goes back to 01:00 EST.
+        assert_eq!(
+            next("30 1 * * *", "America/New_York", "2026-10-31T05:30:00Z"),
+            "2026-11-01T05:30:00Z"
+        );
+        assert_eq!(
+            next("30 1 * * *", "America/New_York", "2026-11-01T05:30:00.100Z"),
+            "2026-11-02T06:30:00Z"
+        );
+        // An interval job walks the wall clock once: after 02:30 CEST
+        // comes 03:00 CET, and the repeated hour's second pass has no tick.
+        assert_eq!(
+            next("0,30 * * * *", "Europe/Berlin", "2026-10-25T00:30:00Z"),
+            "2026-10-25T02:00:00Z"
+        );
+        // Fired late inside the second pass (02:10 CET), it goes on after
+        // the repeated hour too: 02:30 was used by its first instance.
+        assert_eq!(
+            next("0,30 * * * *", "Europe/Berlin", "2026-10-25T01:10:00Z"),
+            "2026-10-25T02:00:00Z"
+        );
     }
 }

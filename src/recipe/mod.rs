@@ -94,7 +94,9 @@ pub struct Trigger {
     pub every: Option<Spanned<String>>,
     /// Cron expression of a schedule (`0 * * * *`).
     pub cron: Option<Spanned<String>>,
-    /// Time zone of `cron`: `UTC` (default) or a fixed offset such as `+02:00`.
+    /// Time zone of `cron`: `UTC` (default), an IANA name such as
+    /// `Europe/Berlin` (daylight saving time included), or a fixed offset
+    /// such as `+02:00`.
     pub timezone: Option<Spanned<String>>,
     /// Inputs of a poll trigger's list call.
     pub with: Option<Mapping>,

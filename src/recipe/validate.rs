@@ -54,8 +54,8 @@ pub enum TriggerKind {
         cron: Box<croner::Cron>,
         /// The expression as written.
         expr: String,
-        /// Offset from UTC in seconds.
-        utc_offset: i32,
+        /// The zone it is read in (UTC unless `timezone` says otherwise).
+        zone: crate::zone::Zone,
     },
 }
 
@@ -374,23 +374,24 @@ impl Validator<'_> {
             },
             None => None,
         };
-        let utc_offset = match &t.timezone {
-            Some(tz) => match parse_utc_offset(&tz.value) {
-                Some(o) => o,
-                None => {
-                    self.error(
-                        tz.pos,
-                        "invalid-timezone",
-                        format!(
-                            "time zone `{}` is not `UTC` or an offset like `+02:00`",
-                            tz.value
-                        ),
-                    );
+        let zone = match &t.timezone {
+            Some(tz) => match crate::zone::Zone::parse(&tz.value) {
+                Ok(z) => z,
+                Err(e) => {
+                    let suggestion = match &e {
+                        crate::zone::ZoneError::Unknown {
+                            suggestion: Some(s),
+                            ..
+                        } => Some(format!("did you mean '{s}'?")),
+                        _ => None,
+                    };
+                    self.error(tz.pos, "invalid-timezone", e.to_string())
+                        .suggestion = suggestion;
                     ok = false;
-                    0
+                    crate::zone::Zone::utc()
                 }
             },
-            None => 0,
+            None => crate::zone::Zone::utc(),
         };
         if t.timezone.is_some() && t.cron.is_none() {
             let pos = t.timezone.as_ref().map(|z| z.pos).unwrap_or(t.pos);
@@ -481,7 +482,7 @@ impl Validator<'_> {
                     (None, Some(c)) => TriggerKind::Cron {
                         cron: Box::new(c),
                         expr: t.cron.as_ref().map(|c| c.value.clone()).unwrap_or_default(),
-                        utc_offset,
+                        zone,
                     },
                     (None, None) => return None,
                 }
@@ -1319,25 +1320,6 @@ fn find_scalar(node: &Node, pos: Pos) -> Option<&Node> {
         NodeKind::Seq(items) => items.iter().find_map(|v| find_scalar(v, pos)),
         _ => None,
     }
-}
-
-/// `UTC`, `Z`, `+02:00`, `-0530` -> seconds east of UTC.
-fn parse_utc_offset(s: &str) -> Option<i32> {
-    if matches!(s, "UTC" | "Etc/UTC" | "Z" | "GMT") {
-        return Some(0);
-    }
-    let (sign, rest) = match s.strip_prefix("UTC").unwrap_or(s).split_at_checked(1)? {
-        ("+", r) => (1, r),
-        ("-", r) => (-1, r),
-        _ => return None,
-    };
-    let digits: String = rest.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let h: i32 = digits[..2].parse().ok()?;
-    let m: i32 = digits[2..].parse().ok()?;
-    (h <= 14 && m < 60).then_some(sign * (h * 3600 + m * 60))
 }
 
 /// The version of a recipe: the first 12 hex digits of the SHA-256 of its
