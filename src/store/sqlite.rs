@@ -1005,6 +1005,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_claim_takes_the_oldest_runs_in_order_and_one_run_per_ordering_key() {
+        let s = temp_store().await;
+        s.ingest(
+            delivery(),
+            vec![
+                event("a", None, Some("task-1")),
+                event("b", None, Some("task-1")),
+                event("c", None, None),
+                event("d", None, Some("task-2")),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        let lease = Duration::from_secs(30);
+        let ids = |runs: Vec<ClaimedRun>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.claim("w", lease, 10).await.unwrap()),
+            ["run-a", "run-c", "run-d"]
+        );
+        // `b` waits for `a`, its predecessor on task-1.
+        assert!(s.claim("w", lease, 10).await.unwrap().is_empty());
+        s.finish(&ended("run-a", RunStatus::Completed))
+            .await
+            .unwrap();
+        assert_eq!(ids(s.claim("w", lease, 10).await.unwrap()), ["run-b"]);
+    }
+
+    #[tokio::test]
     async fn pruning_goes_through_more_runs_than_one_chunk() {
         let s = temp_store().await;
         let n = PRUNE_CHUNK as usize + 100;

@@ -377,85 +377,86 @@ fn claim(
     max: usize,
     now: i64,
 ) -> Result<Vec<ClaimedRun>, StoreError> {
-    let mut runs = Vec::new();
-    while runs.len() < max {
-        match claim_one(c, worker, lease, now)? {
-            Some(r) => runs.push(r),
-            None => break,
-        }
-    }
+    let runs = claim_batch(c, worker, lease, max, now)?;
     if runs.is_empty() && reap(c, now)? > 0 {
         // Nothing was queued, but a dead process's runs were: take those.
-        while runs.len() < max {
-            match claim_one(c, worker, lease, now)? {
-                Some(r) => runs.push(r),
-                None => break,
-            }
-        }
+        return claim_batch(c, worker, lease, max, now);
     }
     Ok(runs)
 }
 
-fn claim_one(
+/// Takes up to `max` of the oldest queued runs whose ordering key has no
+/// earlier unfinished run, in one statement. Of several queued runs of one
+/// key only the first qualifies (the others have it before them), so a
+/// batch never holds two runs of one key.
+fn claim_batch(
     c: &Connection,
     worker: &str,
     lease: Duration,
+    max: usize,
     now: i64,
-) -> Result<Option<ClaimedRun>, StoreError> {
-    // The oldest queued run whose ordering key has no earlier unfinished
-    // run; `runs_open` and `runs_open_ordering` keep this an index walk.
-    let row = c
-        .prepare_cached(
-            "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
-                started_at = COALESCE(started_at, ?3), updated_at = ?3
-             WHERE id = (
-                SELECT r.id FROM runs r
-                WHERE r.status IN ('queued', 'running') AND r.status = 'queued'
-                  AND (r.ordering_key IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM runs o
-                      WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
-                        AND o.status IN ('queued', 'running')))
-                ORDER BY r.seq LIMIT 1)
-             RETURNING id, recipe, recipe_version, event_id, started_at, ordering_key",
+) -> Result<Vec<ClaimedRun>, StoreError> {
+    // `runs_open` and `runs_open_ordering` keep this an index walk.
+    let mut stmt = c.prepare_cached(
+        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2,
+            started_at = COALESCE(started_at, ?3), updated_at = ?3
+         WHERE id IN (
+            SELECT r.id FROM runs r
+            WHERE r.status IN ('queued', 'running') AND r.status = 'queued'
+              AND (r.ordering_key IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM runs o
+                  WHERE o.ordering_key = r.ordering_key AND o.seq < r.seq
+                    AND o.status IN ('queued', 'running')))
+            ORDER BY r.seq LIMIT ?4)
+         RETURNING seq, id, recipe, recipe_version, event_id, started_at, ordering_key",
+    )?;
+    let mut rows = stmt
+        .query_map(
+            params![worker, now + lease.as_millis() as i64, now, max as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            },
         )?
-        .query_row(params![worker, now + lease.as_millis() as i64, now], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((id, recipe, recipe_version, event_id, started_at, ordering_key)) = row else {
-        return Ok(None);
-    };
-    let payload: String = c
-        .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-        .query_row([&event_id], |r| r.get(0))?;
-    let mut done = Vec::new();
-    let mut stmt = c.prepare_cached("SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx")?;
-    let mut rows = stmt.query([&id])?;
-    while let Some(row) = rows.next()? {
-        let text: String = row.get(0)?;
-        done.push(
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                what: "steps.record",
-                detail: e.to_string(),
-            })?,
-        );
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING comes in no particular order: workers start oldest first.
+    rows.sort_by_key(|r| r.0);
+    let mut runs = Vec::with_capacity(rows.len());
+    for (_, id, recipe, recipe_version, event_id, started_at, ordering_key) in rows {
+        let payload: String = c
+            .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+            .query_row([&event_id], |r| r.get(0))?;
+        let mut done = Vec::new();
+        let mut steps =
+            c.prepare_cached("SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx")?;
+        let mut records = steps.query([&id])?;
+        while let Some(row) = records.next()? {
+            let text: String = row.get(0)?;
+            done.push(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "steps.record",
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        runs.push(ClaimedRun {
+            id,
+            recipe,
+            recipe_version,
+            payload: super::sqlite::parse_json("events.payload", &payload)?,
+            ordering_key,
+            started_at: super::sqlite::to_time(started_at),
+            done,
+        });
     }
-    Ok(Some(ClaimedRun {
-        id,
-        recipe,
-        recipe_version,
-        payload: super::sqlite::parse_json("events.payload", &payload)?,
-        ordering_key,
-        started_at: super::sqlite::to_time(started_at),
-        done,
-    }))
+    Ok(runs)
 }
 
 fn checkpoint(
