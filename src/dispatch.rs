@@ -97,11 +97,6 @@ impl Dispatch {
         self.max_backlog > 0 && self.queued.load(Ordering::Acquire) >= self.max_backlog
     }
 
-    /// Runs queued in the store now, as this process counts them.
-    pub fn backlog(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
-
     /// Reserves room for an ingest's runs; `None` when there is none or
     /// stored runs come first. Give back what was not used with [`Self::settle`].
     pub fn reserve(&self, runs: usize) -> Option<ClaimFor> {
@@ -232,7 +227,7 @@ mod tests {
         assert!(!waiting.is_finished(), "at the limit a delivery waits");
         let started = std::time::Instant::now();
         d.claimed((0..5).map(|i| run(&i.to_string())).collect(), 5);
-        assert_eq!(d.backlog(), 5);
+        assert_eq!(d.queued.load(Ordering::Acquire), 5);
         assert!(waiting.await.unwrap(), "it reports having waited");
         assert!(started.elapsed() < Duration::from_millis(500));
     }
@@ -256,7 +251,7 @@ mod tests {
         let d = Dispatch::new(1, Duration::from_secs(60), 10);
         d.stored(50);
         d.claimed(vec![run("a")], 64);
-        assert_eq!(d.backlog(), 0);
+        assert_eq!(d.queued.load(Ordering::Acquire), 0);
         assert!(!d.admit().await);
     }
 }
