@@ -116,13 +116,17 @@ async fn queued(store: &SqliteStore) -> usize {
         .unwrap_or(0)
 }
 
-/// Starts the release engine on a fresh store; its guard, port and pid.
-fn spawn_engine(dir: &Path) -> (Killed, u16, u32) {
+/// Starts the release engine (or the build `bin_var` names) on a fresh
+/// store; its guard, port and pid.
+fn spawn_engine(dir: &Path, bin_var: &str) -> (Killed, u16, u32) {
     for f in ["store.db", "store.db-wal", "store.db-shm"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+    // PATCHBAY_BENCH_BIN runs another build; PATCHBAY_BENCH_BIN_B a second
+    // one in every round (an A/B comparison under the same conditions).
+    let bin = std::env::var(bin_var).unwrap_or_else(|_| env!("CARGO_BIN_EXE_patchbay").to_string());
+    let child = Command::new(bin)
         .args([
             "run",
             "--recipes",
@@ -147,15 +151,25 @@ fn spawn_engine(dir: &Path) -> (Killed, u16, u32) {
     (Killed(child), port, pid)
 }
 
-/// Starts the engine, loads it, and reports.
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Starts the engine, loads it, and reports; the events acknowledged per second.
 async fn engine_case(
     dir: &Path,
     g: &ghl::GhlEmulator,
-    contact: &str,
     per_delivery: u32,
     connections: u32,
-) {
-    let (_guard, port, pid) = spawn_engine(dir);
+    bin_var: &str,
+) -> f64 {
+    let (_guard, port, pid) = spawn_engine(dir, bin_var);
     g.control().clear_requests();
     let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
     let start = Instant::now();
@@ -172,14 +186,16 @@ async fn engine_case(
     }
     let total_secs = start.elapsed().as_secs_f64();
     let events = rps * per_delivery as f64;
+    // Every accepted event has run: the engine's CPU per event, start-up included.
+    let cpu_per_1000 = cpu_seconds(pid) * 1e6 / (events * SECONDS as f64);
     println!(
         "engine, {per_delivery} event(s)/delivery, {connections} connections: {rps:.0} deliveries/s = {events:.0} events/s acknowledged (p50 {p50}, p99 {p99}); \
-         actions reached the emulator at {:.0}/s during the load; backlog at the end {backlog} runs, drained {:.1} s later; peak RSS {:.0} MB",
+         actions reached the emulator at {:.0}/s during the load; backlog at the end {backlog} runs, drained {:.1} s later; peak RSS {:.0} MB; engine CPU {cpu_per_1000:.0} ms per 1,000 events",
         actions_during as f64 / load_secs,
         total_secs - load_secs,
         peak_rss_mb(pid),
     );
-    let _ = contact;
+    events
 }
 
 /// A minimal axum -> reqwest forwarder without durability: the ceiling.
@@ -214,7 +230,7 @@ async fn forwarder(target: String, contact: String) -> u16 {
 
 /// Acknowledgement latency at a fixed rate of single-event deliveries.
 async fn fixed_rate(dir: &Path, per_second: u32) {
-    let (_guard, port, _) = spawn_engine(dir);
+    let (_guard, port, _) = spawn_engine(dir, "PATCHBAY_BENCH_BIN");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
@@ -273,14 +289,38 @@ fn main() {
         )
         .unwrap();
 
+        // The machine's speed moves between runs by more than the
+        // differences measured here: forwarder and engine take turns, and
+        // each round's ratio compares the two under the same conditions.
+        let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
         let fwd = forwarder(g.base_url(), contact.clone()).await;
-        let (rps, p50, p99) = wrk(&format!("http://127.0.0.1:{fwd}/hooks/x"), 32, 1, &dir);
-        println!("forwarder (axum -> reqwest, no store), 1 event/delivery, 32 connections: {rps:.0} requests/s (p50 {p50}, p99 {p99})");
-        g.control().clear_requests();
-
-        engine_case(&dir, &g, &contact, 1, 32).await;
-        g.control().clear_requests();
-        engine_case(&dir, &g, &contact, 100, 8).await;
+        let b = std::env::var("PATCHBAY_BENCH_BIN_B").is_ok();
+        let (mut ratios, mut ratios_b) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let (rps, p50, p99) = wrk(&format!("http://127.0.0.1:{fwd}/hooks/x"), 32, 1, &dir);
+            println!("round {round}: forwarder (axum -> reqwest, no store), 1 event/delivery, 32 connections: {rps:.0} requests/s (p50 {p50}, p99 {p99})");
+            g.control().clear_requests();
+            ratios.push(engine_case(&dir, &g, 1, 32, "PATCHBAY_BENCH_BIN").await / rps);
+            g.control().clear_requests();
+            if b {
+                print!("build B: ");
+                ratios_b.push(engine_case(&dir, &g, 1, 32, "PATCHBAY_BENCH_BIN_B").await / rps);
+                g.control().clear_requests();
+            }
+        }
+        let summary = |ratios: &mut Vec<f64>| {
+            ratios.sort_by(f64::total_cmp);
+            let each: Vec<_> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            format!("{} (median {:.2})", each.join(", "), ratios[ratios.len() / 2])
+        };
+        println!("single-event engine / forwarder, per round: {}", summary(&mut ratios));
+        if b {
+            println!("build B / forwarder, per round: {}", summary(&mut ratios_b));
+        }
+        if std::env::var("ONLY_SINGLE").is_ok() {
+            return;
+        }
+        engine_case(&dir, &g, 100, 8, "PATCHBAY_BENCH_BIN").await;
         g.control().clear_requests();
         fixed_rate(&dir, 1000).await;
     });
