@@ -11,7 +11,7 @@
 //! is slowed down instead of growing the queue without bound. Nothing is
 //! refused: after the wait the delivery is accepted anyway.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Longest a delivery waits for the backlog to shrink before it is
@@ -44,6 +44,8 @@ pub struct Dispatch {
     max_backlog: usize,
     /// Wakes deliveries waiting for the backlog to shrink.
     room_in_store: Notify,
+    /// Deliveries that had to wait for the backlog (for `/metrics`).
+    delayed: AtomicU64,
     /// Wakes the claimer.
     pub work: Notify,
 }
@@ -67,16 +69,19 @@ impl Dispatch {
             queued: AtomicUsize::new(0),
             max_backlog,
             room_in_store: Notify::new(),
+            delayed: AtomicU64::new(0),
             work: Notify::new(),
         }
     }
 
     /// Waits while the store's backlog is over the limit, at most
-    /// [`MAX_ADMISSION_WAIT`]; whether the delivery had to wait.
-    pub async fn admit(&self) -> bool {
+    /// [`MAX_ADMISSION_WAIT`]; a delivery that waited is counted in
+    /// [`Self::delayed`].
+    pub async fn admit(&self) {
         if !self.over_backlog() {
-            return false;
+            return;
         }
+        self.delayed.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + MAX_ADMISSION_WAIT;
         while self.over_backlog() {
             let room = self.room_in_store.notified();
@@ -90,7 +95,21 @@ impl Dispatch {
                 break;
             }
         }
-        true
+    }
+
+    /// Deliveries that waited for the backlog to shrink, since start.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
+    }
+
+    /// Runs this process stored queued that no claim has taken yet.
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Runs claimed and waiting for a free worker.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     fn over_backlog(&self) -> bool {
@@ -217,7 +236,8 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_waits_while_the_backlog_is_over_the_limit_until_claims_make_room() {
         let d = std::sync::Arc::new(Dispatch::new(1, Duration::from_secs(60), 10));
-        assert!(!d.admit().await, "under the limit nothing waits");
+        d.admit().await;
+        assert_eq!(d.delayed(), 0, "under the limit nothing waits");
         d.stored(10);
         let waiting = tokio::spawn({
             let d = d.clone();
@@ -227,8 +247,9 @@ mod tests {
         assert!(!waiting.is_finished(), "at the limit a delivery waits");
         let started = std::time::Instant::now();
         d.claimed((0..5).map(|i| run(&i.to_string())).collect(), 5);
-        assert_eq!(d.queued.load(Ordering::Acquire), 5);
-        assert!(waiting.await.unwrap(), "it reports having waited");
+        assert_eq!(d.backlog(), 5);
+        waiting.await.unwrap();
+        assert_eq!(d.delayed(), 1, "it is counted as delayed");
         assert!(started.elapsed() < Duration::from_millis(500));
     }
 
@@ -237,21 +258,24 @@ mod tests {
         let d = Dispatch::new(1, Duration::from_secs(60), 10);
         d.stored(25);
         let started = tokio::time::Instant::now();
-        assert!(d.admit().await);
+        d.admit().await;
         assert_eq!(started.elapsed(), MAX_ADMISSION_WAIT);
+        assert_eq!(d.delayed(), 1);
     }
 
     #[tokio::test]
     async fn without_a_limit_or_once_the_store_is_drained_nothing_waits() {
         let unlimited = Dispatch::new(1, Duration::from_secs(60), 0);
         unlimited.stored(1_000_000);
-        assert!(!unlimited.admit().await);
+        unlimited.admit().await;
+        assert_eq!(unlimited.delayed(), 0);
         // A claim that finds less than it asked for resets the count: the
         // store has nothing claimable left.
         let d = Dispatch::new(1, Duration::from_secs(60), 10);
         d.stored(50);
         d.claimed(vec![run("a")], 64);
-        assert_eq!(d.queued.load(Ordering::Acquire), 0);
-        assert!(!d.admit().await);
+        assert_eq!(d.backlog(), 0);
+        d.admit().await;
+        assert_eq!(d.delayed(), 0);
     }
 }

@@ -417,6 +417,14 @@ async fn an_invalid_edit_keeps_the_old_version_serving_until_fixed() {
         metrics.contains("patchbay_recipe_files_rejected 1"),
         "{metrics}"
     );
+    // Backpressure shows too: nothing is queued behind the workers here.
+    for line in [
+        "patchbay_backlog_runs 0",
+        "patchbay_claimed_runs_waiting 0",
+        "patchbay_deliveries_delayed_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args([
             "status",

@@ -153,5 +153,21 @@ async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
         "# HELP patchbay_recipe_files_rejected Files currently rejected (their previous version, if any, keeps running).\n# TYPE patchbay_recipe_files_rejected gauge\npatchbay_recipe_files_rejected {}",
         status.rejected.len()
     );
+    let d = &r.service().dispatch;
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_backlog_runs Runs this process stored queued that no claim has taken yet (deliveries wait above --max-backlog).\n# TYPE patchbay_backlog_runs gauge\npatchbay_backlog_runs {}",
+        d.backlog()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_claimed_runs_waiting Runs claimed and waiting for a free worker.\n# TYPE patchbay_claimed_runs_waiting gauge\npatchbay_claimed_runs_waiting {}",
+        d.waiting()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_deliveries_delayed_total Deliveries that waited for the backlog to shrink before they were stored.\n# TYPE patchbay_deliveries_delayed_total counter\npatchbay_deliveries_delayed_total {}",
+        d.delayed()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

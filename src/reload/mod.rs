@@ -292,6 +292,11 @@ impl Reloader {
         &self.sources
     }
 
+    /// The service this reloader drives.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.svc
+    }
+
     /// The state shown by `GET /admin/recipes`.
     pub fn status(&self) -> Status {
         self.status.read().expect("status lock").clone()
