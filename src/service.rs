@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
@@ -333,7 +334,7 @@ impl Service {
             store: self.store.clone(),
             lease: self.lease,
         };
-        let report = engine::run(
+        let running = engine::run(
             RunRequest {
                 recipe: &recipe,
                 event: &run.payload,
@@ -343,8 +344,33 @@ impl Service {
             },
             &self.runtime,
             &sink,
-        )
-        .await;
+        );
+        // A panic in a run is a bug of ours, not of the recipe; left alone
+        // it would end the task with the run still leased to this process
+        // (the heartbeat keeps the lease) until a restart. The run fails
+        // instead, as a dead letter to replay once the bug is fixed.
+        let report = match std::panic::AssertUnwindSafe(running).catch_unwind().await {
+            Ok(report) => report,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                tracing::error!(run = %run.id, recipe = %run.recipe, panic = %what, "a run panicked; it is kept as a dead letter");
+                RunReport {
+                    run_id: run.id.clone(),
+                    recipe: run.recipe.clone(),
+                    status: RunStatus::Failed,
+                    steps: run.done.clone(),
+                    failed_step: None,
+                    error: Some(crate::connectors::StepError::new(
+                        crate::catalog::ErrorKind::InvalidInput,
+                        format!("the engine failed while running this run (panic: {what}); replay it once that is fixed"),
+                    )),
+                }
+            }
+        };
         if let Err(e) = self.store.finish(&report).await {
             tracing::error!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
         }
@@ -648,6 +674,98 @@ impl CheckpointSink for StoreSink {
 mod tests {
     use super::*;
     use crate::zone::Zone;
+
+    /// A transport that panics: a bug inside a run.
+    struct Panics;
+
+    impl crate::connectors::Transport for Panics {
+        fn answer(
+            &self,
+            _: &str,
+            _: &crate::connectors::request::Prepared,
+        ) -> Result<crate::connectors::Reply, crate::connectors::StepError> {
+            panic!("transport exploded")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_fails_as_a_dead_letter_instead_of_keeping_its_lease() {
+        use crate::store::{Delivery, RunFilter, RunState};
+        let catalog = Catalog::builtin();
+        let text = "recipe: r\ntrigger: { on: sendpulse.subscriber.added }\nsteps:\n  - id: tag\n    action: ghl.tags.add\n    connection: ghl-main\n    with: { contactId: c1, tags: [a] }\n";
+        let loaded =
+            crate::recipe::load::load_texts(&[("r.yaml".into(), text.into())], &catalog, None);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let version = loaded.recipes[0].version.clone();
+        let path = std::env::temp_dir().join(format!("patchbay-panic-{}.db", new_id()));
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap(),
+        );
+        let conns = vec![crate::connections::ResolvedConnection::from_values(
+            "ghl-main",
+            "ghl",
+            &[("token", "pit-test", true), ("location_id", "loc-1", false)],
+        )];
+        let runtime = Runtime::new(catalog.clone(), conns.clone(), store.clone(), store.clone())
+            .with_transport(Arc::new(Panics));
+        let svc = Service {
+            store: store.clone(),
+            runtime: Arc::new(runtime),
+            catalog,
+            connections: conns.iter().map(|c| (c.name.clone(), c.clone())).collect(),
+            recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
+            dispatch: Dispatch::new(1, DEFAULT_LEASE, 0),
+            body_limit: 1 << 20,
+            lease: DEFAULT_LEASE,
+        };
+        let event = NewEvent {
+            id: new_id(),
+            connection: "sendpulse-main".into(),
+            operation: "sendpulse.subscriber.added".into(),
+            payload: serde_json::json!({"email": "a@example.com"}),
+            dedupe_key: None,
+            runs: vec![NewRun {
+                id: new_id(),
+                recipe: "r".into(),
+                recipe_version: version,
+                ordering_key: None,
+            }],
+        };
+        let delivery = Delivery {
+            connection: "sendpulse-main".into(),
+            status: 202,
+            outcome: "accepted".into(),
+            events: 1,
+            received_at: Utc::now(),
+        };
+        store.ingest(delivery, vec![event], None).await.unwrap();
+        let run = store
+            .claim(&svc.dispatch.owner, DEFAULT_LEASE, 1)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let slot = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        svc.execute(run, slot).await;
+
+        let failed = store
+            .runs(RunFilter {
+                status: Some(RunState::Failed),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            failed.len(),
+            1,
+            "the run is a dead letter, not left running"
+        );
+        let error = failed[0].error.as_ref().unwrap().to_string();
+        assert!(error.contains("panic: transport exploded"), "{error}");
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
