@@ -153,6 +153,22 @@ pub fn id_prefix(ms: i64) -> String {
     format!("{:012x}", ms as u64 & 0xffff_ffff_ffff)
 }
 
+/// The end of a run that failed outside its steps (`invalid_input`): the
+/// steps it completed before stay as they are.
+fn failed(run: &crate::store::ClaimedRun, message: String) -> RunReport {
+    RunReport {
+        run_id: run.id.clone(),
+        recipe: run.recipe.clone(),
+        status: RunStatus::Failed,
+        steps: run.done.clone(),
+        failed_step: None,
+        error: Some(crate::connectors::StepError::new(
+            crate::catalog::ErrorKind::InvalidInput,
+            message,
+        )),
+    }
+}
+
 impl Service {
     /// The active recipe set.
     pub fn recipes(&self) -> Arc<RecipeSet> {
@@ -315,17 +331,7 @@ impl Service {
         // was deleted since (src/reload/versions.rs).
         let Some(recipe) = self.recipe_for_run(&run).await else {
             drop(slot);
-            let report = RunReport {
-                run_id: run.id.clone(),
-                recipe: run.recipe.clone(),
-                status: RunStatus::Failed,
-                steps: run.done.clone(),
-                failed_step: None,
-                error: Some(crate::connectors::StepError::new(
-                    crate::catalog::ErrorKind::InvalidInput,
-                    format!("recipe `{}` is no longer loaded", run.recipe),
-                )),
-            };
+            let report = failed(&run, format!("recipe `{}` is no longer loaded", run.recipe));
             let _ = self.store.finish(&report).await;
             self.dispatch.ended(&run);
             return;
@@ -358,17 +364,10 @@ impl Service {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no message".into());
                 tracing::error!(run = %run.id, recipe = %run.recipe, panic = %what, "a run panicked; it is kept as a dead letter");
-                RunReport {
-                    run_id: run.id.clone(),
-                    recipe: run.recipe.clone(),
-                    status: RunStatus::Failed,
-                    steps: run.done.clone(),
-                    failed_step: None,
-                    error: Some(crate::connectors::StepError::new(
-                        crate::catalog::ErrorKind::InvalidInput,
-                        format!("the engine failed while running this run (panic: {what}); replay it once that is fixed"),
-                    )),
-                }
+                failed(
+                    &run,
+                    format!("the engine failed while running this run (panic: {what}); replay it once that is fixed"),
+                )
             }
         };
         if let Err(e) = self.store.finish(&report).await {
