@@ -40,6 +40,9 @@ pub struct Dispatch {
     /// Runs this process stored queued and no claim has taken yet (other
     /// processes' runs are not counted: the figure is this process's view).
     queued: AtomicUsize,
+    /// Counts [`Self::stored`] calls, so a claim can tell whether runs
+    /// were stored while it ran (see [`Self::claimed`]).
+    stores: AtomicU64,
     /// Most `queued` runs before deliveries wait (0: no limit).
     max_backlog: usize,
     /// Wakes deliveries waiting for the backlog to shrink.
@@ -67,6 +70,7 @@ impl Dispatch {
             // A fresh process first takes what the store holds.
             backlog: AtomicBool::new(true),
             queued: AtomicUsize::new(0),
+            stores: AtomicU64::new(0),
             max_backlog,
             room_in_store: Notify::new(),
             delayed: AtomicU64::new(0),
@@ -152,6 +156,7 @@ impl Dispatch {
     /// ingest; 0 when unknown, e.g. a replay from another process).
     pub fn stored(&self, runs: usize) {
         self.queued.fetch_add(runs, Ordering::AcqRel);
+        self.stores.fetch_add(1, Ordering::AcqRel);
         self.backlog.store(true, Ordering::Release);
         self.work.notify_one();
     }
@@ -173,10 +178,19 @@ impl Dispatch {
         }
     }
 
-    /// Queues runs the claimer took; `wanted` is what it asked for.
-    pub fn claimed(&self, runs: Vec<ClaimedRun>, wanted: usize) {
+    /// A mark to take before claiming and hand to [`Self::claimed`].
+    pub fn epoch(&self) -> u64 {
+        self.stores.load(Ordering::Acquire)
+    }
+
+    /// Queues runs the claimer took; `wanted` is what it asked for, and
+    /// `epoch` the mark taken before the claim.
+    pub fn claimed(&self, runs: Vec<ClaimedRun>, wanted: usize, epoch: u64) {
         let taken = runs.len();
-        if taken < wanted {
+        // Runs stored while the claim ran may not have been seen by it:
+        // only a claim that overlapped no store may say the store is empty.
+        let nothing_stored_since = self.stores.load(Ordering::Acquire) == epoch;
+        if taken < wanted && nothing_stored_since {
             self.backlog.store(false, Ordering::Release);
             // Nothing claimable is left (at most runs waiting on an
             // ordering key): the count starts again from zero, so it
@@ -246,7 +260,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished(), "at the limit a delivery waits");
         let started = std::time::Instant::now();
-        d.claimed((0..5).map(|i| run(&i.to_string())).collect(), 5);
+        d.claimed((0..5).map(|i| run(&i.to_string())).collect(), 5, d.epoch());
         assert_eq!(d.backlog(), 5);
         waiting.await.unwrap();
         assert_eq!(d.delayed(), 1, "it is counted as delayed");
@@ -273,9 +287,32 @@ mod tests {
         // store has nothing claimable left.
         let d = Dispatch::new(1, Duration::from_secs(60), 10);
         d.stored(50);
-        d.claimed(vec![run("a")], 64);
+        d.claimed(vec![run("a")], 64, d.epoch());
         assert_eq!(d.backlog(), 0);
         d.admit().await;
         assert_eq!(d.delayed(), 0);
+    }
+
+    #[test]
+    fn runs_stored_while_a_claim_ran_keep_the_store_first_and_counted() {
+        let d = Dispatch::new(1, Duration::from_secs(60), 10);
+        d.claimed(Vec::new(), 64, d.epoch());
+        assert!(
+            !d.backlog.load(Ordering::Acquire),
+            "an empty store: ingests claim directly"
+        );
+        // A poll stores runs while a claim is in flight; the claim did not see them.
+        let epoch = d.epoch();
+        d.stored(5);
+        d.claimed(Vec::new(), 64, epoch);
+        assert!(
+            d.backlog.load(Ordering::Acquire),
+            "stored runs still come first"
+        );
+        assert_eq!(d.backlog(), 5, "and still count towards the limit");
+        // The next claim that overlaps no store finds the truth.
+        d.claimed(vec![run("a")], 64, d.epoch());
+        assert!(!d.backlog.load(Ordering::Acquire));
+        assert_eq!(d.backlog(), 0);
     }
 }

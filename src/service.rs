@@ -282,6 +282,7 @@ impl Service {
             }
             let want = self.dispatch.wanted();
             if want > 0 {
+                let epoch = self.dispatch.epoch();
                 match self
                     .store
                     .claim(&self.dispatch.owner, self.lease, want)
@@ -289,7 +290,7 @@ impl Service {
                 {
                     Ok(runs) => {
                         let full = runs.len() == want;
-                        self.dispatch.claimed(runs, want);
+                        self.dispatch.claimed(runs, want, epoch);
                         if full {
                             continue;
                         }
