@@ -634,7 +634,8 @@ pub fn next_cron(
 ) -> Option<DateTime<Utc>> {
     use chrono::TimeZone as _;
     let mut from = last.with_timezone(zone);
-    // Two passes at most: one fold per tick.
+    // A tick falls in at most one fold, so two passes find it; the third
+    // only guards against a zone that folds twice.
     for _ in 0..3 {
         let next = cron.find_next_occurrence(&from, false).ok()?;
         if next.with_timezone(&Utc) > last {
