@@ -2,7 +2,9 @@
 //! the emulators, 1,000 SendPulse subscriber events arrive in batches, and
 //! the engine is `kill -9`ed at three random moments and restarted. At the
 //! end every contact exists exactly once, every run completed, and the
-//! re-sent requests are at most the steps in flight at the kills.
+//! re-sent requests are at most the steps in flight at the kills. And the
+//! graceful stop: SIGTERM lets the steps in flight finish, exits 0, and the
+//! rest runs at the next start.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -100,8 +102,11 @@ async fn wait_ready(client: &reqwest::Client, port: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_three_times_loses_and_repeats_nothing() {
+/// The emulators and a folder with the recipe and connections for them.
+async fn setup(
+    name: &str,
+    latency: Duration,
+) -> (ghl::GhlEmulator, sendpulse::SendPulseEmulator, PathBuf) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let g = ghl::start(ghl::GhlConfig {
         token: "pit-crash".into(),
@@ -110,14 +115,14 @@ async fn kill_9_three_times_loses_and_repeats_nothing() {
     })
     .await
     .unwrap();
-    g.control().set_latency(Duration::from_millis(3));
+    g.control().set_latency(latency);
     let s = sendpulse::start(sendpulse::SendPulseConfig {
         client_secret: "sp-secret".into(),
         ..Default::default()
     })
     .await
     .unwrap();
-    let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-crash-{}", std::process::id()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("recipes")).unwrap();
     std::fs::write(dir.join("recipes/subscriber.yaml"), RECIPE).unwrap();
@@ -134,6 +139,41 @@ async fn kill_9_three_times_loses_and_repeats_nothing() {
     )
     .unwrap();
 
+    (g, s, dir)
+}
+
+/// Completed runs, once every run of `n` events has completed.
+async fn wait_completed(dir: &Path, n: usize) -> Vec<patchbay::store::RunSummary> {
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let runs = store
+            .runs(RunFilter {
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let done = runs
+            .iter()
+            .filter(|r| r.status == RunState::Completed)
+            .count();
+        if done == n {
+            return runs;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{done} of {n} runs completed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_three_times_loses_and_repeats_nothing() {
+    let (g, _s, dir) = setup("crash", Duration::from_millis(3)).await;
     let port = free_port();
     let client = reqwest::Client::new();
     let mut engine = spawn(&dir, port);
@@ -181,32 +221,8 @@ async fn kill_9_three_times_loses_and_repeats_nothing() {
     assert_eq!(kills, 3);
 
     // Wait for every run to finish (leases of killed runs expire after 2 s).
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
-        .await
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let runs = store
-            .runs(RunFilter {
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let done = runs
-            .iter()
-            .filter(|r| r.status == RunState::Completed)
-            .count();
-        if done == EVENTS {
-            assert_eq!(runs.len(), EVENTS, "extra runs were created");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{done} of {EVENTS} runs completed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let runs = wait_completed(&dir, EVENTS).await;
+    assert_eq!(runs.len(), EVENTS, "extra runs were created");
     drop(engine);
 
     let contacts = g.contacts();
@@ -227,4 +243,66 @@ async fn kill_9_three_times_loses_and_repeats_nothing() {
         "{resent} requests re-sent after {kills} kills with {WORKERS} workers"
     );
     eprintln!("crash test: {kills} kills, {resent} re-sent requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_steps_in_flight_finish_exits_zero_and_the_rest_resumes() {
+    const N: usize = 40;
+    // Slow actions: steps are in flight when the signal comes.
+    let (g, _s, dir) = setup("sigterm", Duration::from_millis(300)).await;
+    let port = free_port();
+    let client = reqwest::Client::new();
+    let mut engine = spawn(&dir, port);
+    wait_ready(&client, port).await;
+    let items: Vec<_> = (0..N)
+        .map(|i| json!({"event": "new_emails", "book_id": "490686", "email": format!("term{i}@example.com"), "timestamp": "1732700000", "variables": {"name": format!("Term {i}")}}))
+        .collect();
+    let r = client
+        .post(format!(
+            "http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}"
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&items).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &engine.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = engine.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // The steps in flight at the signal finished; with 8 workers and 300 ms
+    // per action, the others had not started.
+    let sent = g.requests().len();
+    assert!(
+        (1..N).contains(&sent),
+        "{sent} of {N} actions sent before the exit"
+    );
+
+    // The rest runs at the next start; nothing is sent twice.
+    engine = spawn(&dir, port);
+    wait_ready(&client, port).await;
+    let runs = wait_completed(&dir, N).await;
+    assert_eq!(runs.len(), N);
+    drop(engine);
+    let upserts = g
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/contacts/upsert")
+        .count();
+    assert_eq!(upserts, N, "a step was sent twice or not at all");
 }
