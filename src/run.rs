@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
+    /// Threads of the async runtime (0: one fewer than the cores, at
+    /// least 1 — the store's writer thread takes the remaining core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Runs waiting in the store before new deliveries are slowed down
     /// (each waits up to 2 s for the workers to catch up; 0: never).
     #[arg(long, default_value_t = 20_000)]
@@ -100,10 +104,24 @@ pub mod sandbox {
 /// Runs the engine until SIGINT/SIGTERM; the exit code.
 pub fn run(args: RunArgs) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime_threads(args.threads))
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(run_async(args))
+}
+
+/// The async runtime's threads: `--threads`, or one fewer than the cores.
+/// The store's writer is a thread of its own that is busy under load; one
+/// runtime thread per core on top of it made the threads take turns on
+/// the cores and cost ~13 % more CPU per event on two cores
+/// (docs/decisions.md).
+fn runtime_threads(flag: usize) -> usize {
+    if flag > 0 {
+        return flag;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).max(1)
 }
 
 /// Starts the emulators and returns them with connections pointing at them.
@@ -459,4 +477,17 @@ fn print_sandbox_help(listen: SocketAddr) {
         sandbox::LOCATION,
         sandbox::GHL_TOKEN,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_threads_leave_a_core_to_the_store_writer_unless_given() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runtime_threads(0), cores.saturating_sub(1).max(1));
+        assert!(runtime_threads(0) >= 1);
+        assert_eq!(runtime_threads(3), 3);
+    }
 }
