@@ -118,34 +118,6 @@ impl ResolvedConnection {
     }
 }
 
-/// The connections an engine serves now, by name; a reload swaps them whole.
-#[derive(Debug, Default)]
-pub struct LiveConnections(std::sync::RwLock<std::sync::Arc<HashMap<String, ResolvedConnection>>>);
-
-impl LiveConnections {
-    /// The current connections.
-    pub fn snapshot(&self) -> std::sync::Arc<HashMap<String, ResolvedConnection>> {
-        self.0.read().expect("connections lock").clone()
-    }
-
-    /// Replaces every connection.
-    pub fn replace(&self, connections: impl IntoIterator<Item = ResolvedConnection>) {
-        let map = connections
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        *self.0.write().expect("connections lock") = std::sync::Arc::new(map);
-    }
-}
-
-impl FromIterator<(String, ResolvedConnection)> for LiveConnections {
-    fn from_iter<I: IntoIterator<Item = (String, ResolvedConnection)>>(iter: I) -> Self {
-        LiveConnections(std::sync::RwLock::new(std::sync::Arc::new(
-            iter.into_iter().collect(),
-        )))
-    }
-}
-
 /// A connection value that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {

@@ -291,10 +291,6 @@ async fn run_async(args: RunArgs) -> i32 {
         store: store.clone(),
         runtime: Arc::new(runtime),
         catalog,
-        connections: resolved
-            .iter()
-            .map(|c| (c.name.clone(), c.clone()))
-            .collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         dispatch: Dispatch::new(args.workers.max(1), args.lease, args.max_backlog),
         body_limit: args.body_limit,

@@ -12,7 +12,6 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
 use crate::catalog::{Catalog, OpRef};
-use crate::connections::LiveConnections;
 use crate::connectors::auth::BoxFut;
 use crate::connectors::Runtime;
 use crate::dispatch::Dispatch;
@@ -126,8 +125,6 @@ pub struct Service {
     pub runtime: Arc<Runtime>,
     /// The catalog.
     pub catalog: Catalog,
-    /// Connections by name (swapped by a reload).
-    pub connections: LiveConnections,
     /// The active recipes.
     pub recipes: RwLock<Arc<RecipeSet>>,
     /// Hands claimed runs to the workers.
@@ -715,7 +712,6 @@ mod tests {
             store: store.clone(),
             runtime: Arc::new(runtime),
             catalog,
-            connections: conns.iter().map(|c| (c.name.clone(), c.clone())).collect(),
             recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
             dispatch: Dispatch::new(1, DEFAULT_LEASE, 0),
             body_limit: 1 << 20,

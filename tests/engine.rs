@@ -137,7 +137,6 @@ async fn start(
         store,
         runtime: Arc::new(runtime),
         catalog,
-        connections: conns.into_iter().map(|c| (c.name.clone(), c)).collect(),
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE, 0),
         body_limit: 64 * 1024,

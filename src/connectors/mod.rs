@@ -61,7 +61,7 @@ pub struct Failure {
 
 /// One connection's live state: limiter, concurrency slots, auth.
 struct Conn {
-    resolved: ResolvedConnection,
+    resolved: Arc<ResolvedConnection>,
     def: ConnectorDef,
     base_url: String,
     /// `base_url` parsed once: a request then parses only its own path
@@ -123,7 +123,7 @@ impl Conn {
             base_url,
             timeout,
             def,
-            resolved: c,
+            resolved: Arc::new(c),
         })
     }
 }
@@ -258,7 +258,7 @@ impl Runtime {
         let mut touched = Vec::new();
         for c in connections {
             match conns.get(&c.name) {
-                Some(old) if old.resolved == c => {
+                Some(old) if *old.resolved == c => {
                     next.insert(c.name.clone(), old.clone());
                 }
                 _ => {
@@ -293,6 +293,13 @@ impl Runtime {
             .as_ref()
             .map(|d| d.lock().expect("dry-run lock").clone())
             .unwrap_or_default()
+    }
+
+    /// A connection as requests use it now (webhook checks read its
+    /// secrets); `None` when no connection has that name.
+    pub fn connection(&self, name: &str) -> Option<Arc<ResolvedConnection>> {
+        let conns = self.conns.read().expect("connections lock");
+        conns.get(name).map(|c| c.resolved.clone())
     }
 
     /// The catalog.
@@ -353,7 +360,7 @@ impl Runtime {
                 })
             })
             .unwrap_or(DEFAULT_RETRY);
-        let input = request::complete_input(op, conn.as_ref().map(|c| &c.resolved), input)
+        let input = request::complete_input(op, conn.as_ref().map(|c| &*c.resolved), input)
             .map_err(|error| Failure { error, attempts: 0 })?;
         if let Some(native) = &op.def().native {
             return self
@@ -526,68 +533,56 @@ impl Runtime {
     }
 
     /// One attempt: limiter, slot, auth, send; one token refresh on 401.
+    /// Against a [`Transport`] (`patchbay test`) the same limiter and slots
+    /// apply, no credential is sent, and a 401 is renewed once where the
+    /// connector's auth can renew (assumed to succeed: no token request).
     async fn attempt(
         &self,
         op: &OpRef,
         conn: &Conn,
         prepared: &Prepared,
     ) -> Result<Value, AttemptError> {
-        if let Some(t) = &self.transport {
-            return self.attempt_canned(t.as_ref(), op, conn, prepared).await;
-        }
-        let cx = AuthContext {
+        // Canned runs never build the HTTP client the auth context holds.
+        let cx = self.transport.is_none().then(|| AuthContext {
             def: &conn.def,
             conn: &conn.resolved,
             base_url: &conn.base_url,
             client: self.client(),
             tokens: self.tokens.as_ref(),
-        };
+        });
         let mut refreshed = false;
         loop {
-            let header = conn.auth.header(&cx).await?;
+            let header = match &cx {
+                Some(cx) => conn.auth.header(cx).await?,
+                None => None,
+            };
             conn.limiter.acquire().await;
             let _slot = conn.slots.acquire().await.expect("semaphore open");
-            let result = self.send(conn, prepared, header.as_ref()).await;
-            match result {
-                Err(e) if e.error.kind == ErrorKind::Unauthorized && !refreshed => {
-                    let used = header.map(|(_, v)| v).unwrap_or_else(|| Secret::new(""));
-                    if !conn.auth.invalidate(&cx, &used).await {
-                        return Err(e);
-                    }
-                    refreshed = true;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// [`Runtime::attempt`] against a [`Transport`]: the same limiter and
-    /// slots, a fixed credential, and one renewal after a 401 where the
-    /// connector's auth can renew (assumed to succeed: no token request).
-    async fn attempt_canned(
-        &self,
-        transport: &dyn Transport,
-        op: &OpRef,
-        conn: &Conn,
-        prepared: &Prepared,
-    ) -> Result<Value, AttemptError> {
-        let renewable = matches!(
-            conn.def.auth,
-            Auth::Bearer {
-                refresh: Some(_),
-                ..
-            } | Auth::Oauth2ClientCredentials { .. }
-        );
-        let mut refreshed = false;
-        loop {
-            conn.limiter.acquire().await;
-            let _slot = conn.slots.acquire().await.expect("semaphore open");
-            let result = match transport.answer(&op.id(), prepared) {
-                Ok(r) => self.response(conn, r.status, &header_map(&r.headers), r.body),
-                Err(error) => Err(error.into()),
+            let result = match &self.transport {
+                Some(t) => match t.answer(&op.id(), prepared) {
+                    Ok(r) => self.response(conn, r.status, &header_map(&r.headers), r.body),
+                    Err(error) => Err(error.into()),
+                },
+                None => self.send(conn, prepared, header.as_ref()).await,
             };
             match result {
-                Err(e) if e.error.kind == ErrorKind::Unauthorized && !refreshed && renewable => {
+                Err(e) if e.error.kind == ErrorKind::Unauthorized && !refreshed => {
+                    let renewed = match &cx {
+                        Some(cx) => {
+                            let used = header.map(|(_, v)| v).unwrap_or_else(|| Secret::new(""));
+                            conn.auth.invalidate(cx, &used).await
+                        }
+                        None => matches!(
+                            conn.def.auth,
+                            Auth::Bearer {
+                                refresh: Some(_),
+                                ..
+                            } | Auth::Oauth2ClientCredentials { .. }
+                        ),
+                    };
+                    if !renewed {
+                        return Err(e);
+                    }
                     refreshed = true;
                 }
                 other => return other,

@@ -574,10 +574,7 @@ impl Reloader {
             .await
             .map_err(|e| format!("cannot record the new recipe versions: {e}"))?;
         if let Some(resolved) = resolved {
-            report.connections = self.svc.runtime.set_connections(resolved.clone());
-            if !report.connections.is_empty() {
-                self.svc.connections.replace(resolved);
-            }
+            report.connections = self.svc.runtime.set_connections(resolved);
         }
         let set = current.succeed(next.clone());
         *self.svc.recipes.write().expect("recipes lock") = Arc::new(set);

@@ -66,8 +66,7 @@ async fn hook(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let connections = svc.connections.snapshot();
-    let Some(conn) = connections.get(&connection) else {
+    let Some(conn) = svc.runtime.connection(&connection) else {
         return reject(
             &svc,
             &connection,
@@ -101,7 +100,7 @@ async fn hook(
     };
     if let Err(e) = verify::verify(
         &hook.verify,
-        conn,
+        &conn,
         &headers,
         query.get("token").map(String::as_str),
         &body,
