@@ -226,8 +226,9 @@ pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
     ) -> BoxFut<'_, Result<Ingested, StoreError>>;
     /// Records a rejected delivery.
     fn reject(&self, delivery: Delivery) -> BoxFut<'_, Result<(), StoreError>>;
-    /// Takes up to `max` of the oldest claimable runs (queued, or running
-    /// with an expired lease) whose ordering key has no earlier unfinished run.
+    /// Takes up to `max` of the oldest queued runs whose ordering key has no
+    /// earlier unfinished run. A run whose lease expired (its process died)
+    /// is queued again by the store within half a second.
     fn claim<'a>(
         &'a self,
         owner: &'a str,

@@ -849,7 +849,9 @@ mod tests {
         s.heartbeat("node-a", Duration::from_secs(30))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Past the writer's next reap: without the heartbeat, node-b would
+        // get the run.
+        tokio::time::sleep(Duration::from_millis(writer::REAP_EVERY_MS as u64 + 50)).await;
         assert!(claim1(&s, "node-b", Duration::from_secs(30))
             .await
             .is_none());
@@ -868,7 +870,8 @@ mod tests {
         s.checkpoint(&c.id, std::slice::from_ref(&rec), Duration::from_millis(1))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The writer queues expired runs again at its next reap.
+        tokio::time::sleep(Duration::from_millis(writer::REAP_EVERY_MS as u64 + 50)).await;
         let again = claim1(&s, "w2", Duration::from_secs(30)).await.unwrap();
         assert_eq!(again.id, c.id);
         assert_eq!(again.done, vec![rec]);

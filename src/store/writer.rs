@@ -22,8 +22,10 @@ const MAX_BATCH: usize = 512;
 const MIN_BATCH: usize = 16;
 /// How long a small batch waits under load.
 const COMMIT_DELAY: Duration = Duration::from_micros(300);
-/// How often expired leases are looked for while writing.
-const REAP_EVERY_MS: i64 = 500;
+/// How often expired leases are looked for while writing: the one place
+/// that queues a dead process's runs again (a reap walks every running
+/// run, so claims do not do it too).
+pub(super) const REAP_EVERY_MS: i64 = 500;
 
 /// A write for the writer thread.
 pub(super) enum Job {
@@ -253,7 +255,7 @@ fn apply(c: &Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
         Job::Leases { owner, lease, .. } => Done::Count(leases(c, owner, *lease, now)?),
         Job::Claim {
             worker, lease, max, ..
-        } => Done::Claimed(claim(c, worker, *lease, *max, now)?),
+        } => Done::Claimed(claim_batch(c, worker, *lease, *max, now)?),
         Job::Checkpoint {
             run_id,
             records,
@@ -382,21 +384,6 @@ fn leases(
             .execute([owner])?,
     };
     Ok(n as u64)
-}
-
-fn claim(
-    c: &Connection,
-    worker: &str,
-    lease: Duration,
-    max: usize,
-    now: i64,
-) -> Result<Vec<ClaimedRun>, StoreError> {
-    let runs = claim_batch(c, worker, lease, max, now)?;
-    if runs.is_empty() && reap(c, now)? > 0 {
-        // Nothing was queued, but a dead process's runs were: take those.
-        return claim_batch(c, worker, lease, max, now);
-    }
-    Ok(runs)
 }
 
 /// The claimable runs, oldest first; `runs_open` and `runs_open_ordering`
