@@ -503,12 +503,13 @@ fn finish(
     error: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let stored: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM steps WHERE run_id = ?1")?
-        .query_row([run_id], |r| r.get(0))?;
-    for (i, r) in records.iter().enumerate().skip(stored as usize) {
-        c.prepare_cached("INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)")?
-            .execute(params![run_id, i as i64, r])?;
+    // Steps checkpointed before are already there and stay as they are;
+    // most runs have none, so this costs no lookup of what was stored.
+    let mut insert = c.prepare_cached(
+        "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3) ON CONFLICT(run_id, idx) DO NOTHING",
+    )?;
+    for (i, r) in records.iter().enumerate() {
+        insert.execute(params![run_id, i as i64, r])?;
     }
     c.prepare_cached("UPDATE runs SET status = ?1, failed_step = ?2, error = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?4 WHERE id = ?5")?
         .execute(params![status.as_str(), failed_step, error, now, run_id])?;
@@ -528,6 +529,30 @@ mod tests {
             .await
             .unwrap();
         open(&path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_end_adds_the_steps_not_checkpointed_and_keeps_the_others() {
+        let c = writer_conn().await;
+        let now = super::super::sqlite::now_ms();
+        c.execute("INSERT INTO runs (id, event_id, recipe, recipe_version, status, created_at, updated_at) VALUES ('r1', 'e1', 'r', 'v', 'running', 0, 0)", [])
+            .unwrap();
+        let lease = Duration::from_secs(30);
+        checkpoint(&c, "r1", &["first".into()], lease, now).unwrap();
+        let records = ["first, as the run saw it".to_string(), "second".into()];
+        finish(&c, "r1", &records, RunState::Completed, None, None, now).unwrap();
+        let steps: Vec<String> = c
+            .prepare("SELECT record FROM steps WHERE run_id = 'r1' ORDER BY idx")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(steps, ["first", "second"]);
+        let status: String = c
+            .query_row("SELECT status FROM runs WHERE id = 'r1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(status, "completed");
     }
 
     #[tokio::test]
