@@ -1,0 +1,176 @@
+//! Instructions the engine executes per event, counted by valgrind's
+//! cachegrind: on this shared VM the one measure that does not move with
+//! the machine's speed (about ±1 % between runs, where throughput moves by
+//! ±25 %), so a change's effect on the engine's work can be seen at all.
+//!
+//! The release engine runs under cachegrind against a stub HighLevel that
+//! answers every request `201` (served by this process, so its work is not
+//! counted). Eight senders post single-event SendPulse deliveries
+//! (`sendpulse.subscriber.added` -> `ghl.tags.add`), and the engine is
+//! stopped once every run completed. Two runs, of 400 and 2,400 events:
+//! the difference over 2,000 is the cost of one event without start-up.
+//!
+//! `cargo bench --bench engine_instructions` (needs valgrind);
+//! `PATCHBAY_BENCH_BIN=path` measures another build. Results go to
+//! `docs/performance.md`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use patchbay::store::sqlite::SqliteStore;
+use patchbay::store::{RunFilter, RunState, Store};
+
+const TOKEN: &str = "bench-token";
+const SENDERS: usize = 8;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A HighLevel stand-in: every request gets `201 {"tags": [...]}`.
+async fn stub() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::CREATED,
+            axum::Json(serde_json::json!({"tags": ["book-7"]})),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn count(store: &SqliteStore, status: RunState) -> usize {
+    store
+        .runs(RunFilter {
+            status: Some(status),
+            limit: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.len())
+        .unwrap_or(0)
+}
+
+/// The engine's instructions for `events` single-event deliveries, start-up
+/// and shutdown included.
+async fn instructions(dir: &Path, events: usize) -> u64 {
+    let db = dir.join(format!("store-{events}.db"));
+    let port = free_port();
+    let bin = std::env::var("PATCHBAY_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_patchbay").to_string());
+    let log = dir.join(format!("cachegrind-{events}.txt"));
+    let mut engine = Command::new("valgrind")
+        .args(["--tool=cachegrind", "--cache-sim=no"])
+        .arg("--cachegrind-out-file=/dev/null")
+        .arg(format!("--log-file={}", log.display()))
+        .arg(bin)
+        .args([
+            "run",
+            "--recipes",
+            "recipes",
+            "--connections",
+            "connections.yaml",
+        ])
+        .args(["--workers", "64", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .current_dir(dir)
+        .env("GHL_TOKEN", "pit-bench")
+        .env("WEBHOOK_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..600 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("{base}/hooks/sendpulse-main?token={TOKEN}");
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for i in 0..events / SENDERS {
+                    let now = chrono::Utc::now().timestamp();
+                    let body = format!("[{{\"event\":\"new_emails\",\"book_id\":\"7\",\"email\":\"s{s}-{i}@example.com\",\"timestamp\":\"{now}\"}}]");
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "delivery answered {}", r.status());
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let store = SqliteStore::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    while count(&store, RunState::Completed).await < events {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status();
+    engine.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.split_once("I   refs:")
+                .map(|(_, n)| n.trim().replace(',', ""))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count in cachegrind's output:\n{text}"))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ghl = stub().await;
+        let dir = std::env::temp_dir().join(format!("patchbay-instr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("recipes")).unwrap();
+        std::fs::write(
+            dir.join("recipes/bench.yaml"),
+            "recipe: bench\ntrigger: { on: sendpulse.subscriber.added, connection: sendpulse-main }\nsteps:\n  - id: tag\n    action: ghl.tags.add\n    connection: ghl-main\n    with: { contactId: c123, tags: [\"book-{{ event.book_id }}\"] }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("connections.yaml"),
+            format!(
+                "ghl-main:\n  connector: ghl\n  base_url: {ghl}\n  token: {{ env: GHL_TOKEN }}\n  location_id: loc1\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n\
+                 sendpulse-main:\n  connector: sendpulse\n  api_key: {{ env: GHL_TOKEN }}\n  webhook_token: {{ env: WEBHOOK_TOKEN }}\n"
+            ),
+        )
+        .unwrap();
+        let (small, large) = (400, 2400);
+        let a = instructions(&dir, small).await;
+        let b = instructions(&dir, large).await;
+        println!(
+            "engine instructions: {a} for {small} events, {b} for {large} events; {:.0} per event (start-up excluded)",
+            (b - a) as f64 / (large - small) as f64
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
