@@ -36,7 +36,7 @@ pub struct Dispatch {
     capacity: usize,
     /// Runs were left queued in the store: ingests stop claiming until the
     /// claimer has caught up, so stored runs are not overtaken forever.
-    backlog: AtomicBool,
+    stored_first: AtomicBool,
     /// Runs this process stored queued and no claim has taken yet (other
     /// processes' runs are not counted: the figure is this process's view).
     queued: AtomicUsize,
@@ -68,7 +68,7 @@ impl Dispatch {
             // enough to start within a fraction of the lease.
             capacity: (workers * 4).max(64),
             // A fresh process first takes what the store holds.
-            backlog: AtomicBool::new(true),
+            stored_first: AtomicBool::new(true),
             queued: AtomicUsize::new(0),
             stores: AtomicU64::new(0),
             max_backlog,
@@ -123,7 +123,7 @@ impl Dispatch {
     /// Reserves room for an ingest's runs; `None` when there is none or
     /// stored runs come first. Give back what was not used with [`Self::settle`].
     pub fn reserve(&self, runs: usize) -> Option<ClaimFor> {
-        if runs == 0 || self.backlog.load(Ordering::Acquire) {
+        if runs == 0 || self.stored_first.load(Ordering::Acquire) {
             return None;
         }
         let max = self.room().min(runs);
@@ -157,7 +157,7 @@ impl Dispatch {
     pub fn stored(&self, runs: usize) {
         self.queued.fetch_add(runs, Ordering::AcqRel);
         self.stores.fetch_add(1, Ordering::AcqRel);
-        self.backlog.store(true, Ordering::Release);
+        self.stored_first.store(true, Ordering::Release);
         self.work.notify_one();
     }
 
@@ -191,7 +191,7 @@ impl Dispatch {
         // only a claim that overlapped no store may say the store is empty.
         let nothing_stored_since = self.stores.load(Ordering::Acquire) == epoch;
         if taken < wanted && nothing_stored_since {
-            self.backlog.store(false, Ordering::Release);
+            self.stored_first.store(false, Ordering::Release);
             // Nothing claimable is left (at most runs waiting on an
             // ordering key): the count starts again from zero, so it
             // cannot drift upwards.
@@ -216,7 +216,7 @@ impl Dispatch {
     pub async fn next(&self) -> Option<ClaimedRun> {
         let run = self.rx.lock().await.recv().await?;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
-        if self.backlog.load(Ordering::Acquire) {
+        if self.stored_first.load(Ordering::Acquire) {
             self.work.notify_one();
         }
         Some(run)
@@ -225,7 +225,7 @@ impl Dispatch {
     /// A run ended: followers on its ordering key, and stored runs waiting
     /// for room, can be claimed now.
     pub fn ended(&self, run: &ClaimedRun) {
-        if run.ordering_key.is_some() || self.backlog.load(Ordering::Acquire) {
+        if run.ordering_key.is_some() || self.stored_first.load(Ordering::Acquire) {
             self.work.notify_one();
         }
     }
@@ -298,7 +298,7 @@ mod tests {
         let d = Dispatch::new(1, Duration::from_secs(60), 10);
         d.claimed(Vec::new(), 64, d.epoch());
         assert!(
-            !d.backlog.load(Ordering::Acquire),
+            !d.stored_first.load(Ordering::Acquire),
             "an empty store: ingests claim directly"
         );
         // A poll stores runs while a claim is in flight; the claim did not see them.
@@ -306,13 +306,13 @@ mod tests {
         d.stored(5);
         d.claimed(Vec::new(), 64, epoch);
         assert!(
-            d.backlog.load(Ordering::Acquire),
+            d.stored_first.load(Ordering::Acquire),
             "stored runs still come first"
         );
         assert_eq!(d.backlog(), 5, "and still count towards the limit");
         // The next claim that overlaps no store finds the truth.
         d.claimed(vec![run("a")], 64, d.epoch());
-        assert!(!d.backlog.load(Ordering::Acquire));
+        assert!(!d.stored_first.load(Ordering::Acquire));
         assert_eq!(d.backlog(), 0);
     }
 }
