@@ -15,7 +15,6 @@ use crate::connectors::Runtime;
 use crate::diagnostic::Format;
 use crate::dispatch::Dispatch;
 use crate::emulator::{ghl, sendpulse};
-use crate::recipe::load::load_texts;
 use crate::reload::{Fixed, Reloader, Sources, Trigger};
 use crate::service::{RecipeSet, Service};
 use crate::store::sqlite::SqliteStore;
@@ -254,24 +253,11 @@ async fn run_async(args: RunArgs) -> i32 {
         );
         return EXIT_USAGE;
     }
-    // The same reading as hot reload (hidden entries such as Kubernetes'
-    // `..data` skipped), validated like `patchbay validate`.
-    let texts = match crate::reload::read_recipes(&args.recipes) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let loaded = load_texts(&texts, &catalog, decls.as_ref());
-    if !loaded.diagnostics.is_empty() {
-        print_diags(&loaded.diagnostics, Format::Human);
-    }
-    if loaded.errors() > 0 {
-        tracing::warn!(
-            rejected = loaded.files.len() - loaded.recipes.len(),
-            "recipes with errors are not loaded"
-        );
+    // An unreadable recipe folder stops the start before the store is
+    // created; the first reload below reads and validates the recipes.
+    if let Err(e) = crate::reload::read_recipes(&args.recipes) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
     }
     let store: Arc<dyn Store> = match SqliteStore::open(&args.store).await {
         Ok(s) => Arc::new(s),
@@ -286,12 +272,12 @@ async fn run_async(args: RunArgs) -> i32 {
         store.clone(),
         store.clone(),
     );
-    let recipe_names: Vec<String> = loaded.recipes.iter().map(|r| r.name.clone()).collect();
     let svc = Arc::new(Service {
         store: store.clone(),
         runtime: Arc::new(runtime),
         catalog,
-        recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
+        // Filled by the first reload.
+        recipes: RwLock::new(Arc::new(RecipeSet::default())),
         dispatch: Dispatch::new(args.workers.max(1), args.lease, args.max_backlog),
         body_limit: args.body_limit,
         lease: args.lease,
@@ -304,9 +290,9 @@ async fn run_async(args: RunArgs) -> i32 {
         }
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = svc.spawn_workers(args.workers.max(1), stop_rx.clone());
-    // The reloader owns the poll and schedule loops: its first reload
-    // starts them and records the recipe versions in the store.
+    // The reloader owns the recipes and the poll and schedule loops: its
+    // first reload validates the folder (like `patchbay validate`), starts
+    // the loops and records the recipe versions in the store.
     let reloader = Arc::new(Reloader::new(
         svc.clone(),
         Sources {
@@ -326,7 +312,24 @@ async fn run_async(args: RunArgs) -> i32 {
             eprintln!("error: {e}");
             return EXIT_USAGE;
         }
+        let mut diags: Vec<_> = r.rejected.iter().flat_map(|f| f.details.clone()).collect();
+        diags.extend(r.warnings);
+        diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        if !diags.is_empty() {
+            print_diags(&diags, Format::Human);
+        }
+        if !r.rejected.is_empty() {
+            tracing::warn!(
+                rejected = r.rejected.len(),
+                "recipes with errors are not loaded"
+            );
+        }
     }
+    // Workers start once the recipes are in: runs left in the store find
+    // their recipe loaded.
+    let workers = svc.spawn_workers(args.workers.max(1), stop_rx.clone());
+    let mut recipe_names: Vec<String> = svc.recipes().all().map(|r| r.name.clone()).collect();
+    recipe_names.sort();
     let watcher = match crate::reload::watch::spawn(reloader.clone(), args.reload_debounce) {
         Ok(w) => Some(w),
         Err(e) => {

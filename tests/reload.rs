@@ -280,6 +280,67 @@ fn start_dir(name: &str, g: &ghl::GhlEmulator, files: &[(&str, &str)]) -> PathBu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_an_invalid_recipe_is_reported_once_and_the_valid_ones_serve() {
+    let g = emulator("pit-reload").await;
+    let good = recipe("alpha", "v1");
+    let bad = recipe("beta", "v1").replace("ghl.contacts.upsert", "ghl.contact.upsert");
+    let dir = start_dir(
+        "start-invalid",
+        &g,
+        &[("alpha.yaml", &good), ("beta.yaml", &bad)],
+    );
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["run", "--recipes", "recipes"])
+        .args([
+            "--connections",
+            "connections.yaml",
+            "--store",
+            "sqlite://store.db",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .env("GHL_TOKEN", "pit-reload")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Everything printed up to the list of recipes serving.
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.unwrap();
+            let last = line.starts_with("recipes:");
+            out.push(line);
+            if last {
+                break;
+            }
+        }
+        out.join("\n")
+    });
+    let out = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the engine started")
+        .unwrap();
+    let served = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        out.matches("error[unknown-operation]").count(),
+        1,
+        "the bad file is reported once:\n{out}"
+    );
+    assert!(out.contains("--> recipes/beta.yaml:5:13"), "{out}");
+    assert!(out.contains("patchbay listening on"), "{out}");
+    assert!(
+        out.ends_with("recipes: alpha"),
+        "only the valid recipe serves:\n{out}"
+    );
+    assert!(served.is_ok_and(|r| r.status().is_success()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_added_changed_saved_atomically_renamed_and_deleted() {
     let g = emulator("pit-reload").await;
     let a1 = recipe("alpha", "alpha v1");

@@ -143,6 +143,9 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Files not applied, with their diagnostics.
     pub rejected: Vec<Rejected>,
+    /// Diagnostics that do not keep a file from loading (warnings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Diagnostic>,
     /// Connections added, changed or removed.
     pub connections: Vec<String>,
     /// Why nothing could be applied, for `error`.
@@ -345,6 +348,7 @@ impl Reloader {
             changed: Vec::new(),
             removed: Vec::new(),
             rejected: Vec::new(),
+            warnings: Vec::new(),
             connections: Vec::new(),
             error: None,
             duration_ms: 0.0,
@@ -489,6 +493,13 @@ impl Reloader {
                 .await
                 .map_err(|e| format!("validation failed: {e}"))?
         };
+
+        report.warnings = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Error)
+            .cloned()
+            .collect();
 
         // 5. Plan the new active set, file by file.
         let mut next: Vec<Arc<ValidRecipe>> = Vec::new();
