@@ -422,25 +422,22 @@ fn claim_batch(
         .prepare_cached(CLAIMABLE)?
         .query_map([max as i64], |r| r.get::<_, i64>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut claim = c.prepare_cached(CLAIM)?;
-    let mut rows = Vec::with_capacity(seqs.len());
+    let mut runs = Vec::with_capacity(seqs.len());
     for seq in seqs {
-        rows.push(claim.query_row(
-            params![worker, now + lease.as_millis() as i64, now, seq],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            },
-        )?);
-    }
-    let mut runs = Vec::with_capacity(rows.len());
-    for (id, recipe, recipe_version, event_id, started_at, ordering_key) in rows {
+        let (id, recipe, recipe_version, event_id, started_at, ordering_key) =
+            c.prepare_cached(CLAIM)?.query_row(
+                params![worker, now + lease.as_millis() as i64, now, seq],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )?;
         let payload: String = c
             .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
             .query_row([&event_id], |r| r.get(0))?;
