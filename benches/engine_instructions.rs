@@ -21,16 +21,10 @@ use std::time::Duration;
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
-const TOKEN: &str = "bench-token";
-const SENDERS: usize = 8;
+mod common;
+use common::{free_port, TOKEN};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const SENDERS: usize = 8;
 
 /// A HighLevel stand-in: every request gets `201 {"tags": [...]}`.
 async fn stub() -> String {
@@ -63,27 +57,15 @@ async fn count(store: &SqliteStore, status: RunState) -> usize {
 async fn instructions(dir: &Path, events: usize) -> u64 {
     let db = dir.join(format!("store-{events}.db"));
     let port = free_port();
-    let bin = std::env::var("PATCHBAY_BENCH_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_patchbay").to_string());
     let log = dir.join(format!("cachegrind-{events}.txt"));
-    let mut engine = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .args(["--tool=cachegrind", "--cache-sim=no"])
         .arg("--cachegrind-out-file=/dev/null")
         .arg(format!("--log-file={}", log.display()))
-        .arg(bin)
-        .args([
-            "run",
-            "--recipes",
-            "recipes",
-            "--connections",
-            "connections.yaml",
-        ])
-        .args(["--workers", "64", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--store")
-        .arg(format!("sqlite://{}", db.display()))
-        .current_dir(dir)
-        .env("GHL_TOKEN", "pit-bench")
-        .env("WEBHOOK_TOKEN", TOKEN)
+        .arg(common::engine_bin("PATCHBAY_BENCH_BIN"));
+    let store = format!("sqlite://{}", db.display());
+    let mut engine = common::engine(valgrind, dir, port, &store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -150,20 +132,7 @@ fn main() {
         let ghl = stub().await;
         let dir = std::env::temp_dir().join(format!("patchbay-instr-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("recipes")).unwrap();
-        std::fs::write(
-            dir.join("recipes/bench.yaml"),
-            "recipe: bench\ntrigger: { on: sendpulse.subscriber.added, connection: sendpulse-main }\nsteps:\n  - id: tag\n    action: ghl.tags.add\n    connection: ghl-main\n    with: { contactId: c123, tags: [\"book-{{ event.book_id }}\"] }\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("connections.yaml"),
-            format!(
-                "ghl-main:\n  connector: ghl\n  base_url: {ghl}\n  token: {{ env: GHL_TOKEN }}\n  location_id: loc1\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n\
-                 sendpulse-main:\n  connector: sendpulse\n  api_key: {{ env: GHL_TOKEN }}\n  webhook_token: {{ env: WEBHOOK_TOKEN }}\n"
-            ),
-        )
-        .unwrap();
+        common::write_folder(&dir, &ghl, "loc1", "c123");
         let (small, large) = (400, 2400);
         let a = instructions(&dir, small).await;
         let b = instructions(&dir, large).await;

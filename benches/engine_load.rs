@@ -17,7 +17,9 @@ use patchbay::emulator::ghl;
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
-const TOKEN: &str = "bench-token";
+mod common;
+use common::{free_port, TOKEN};
+
 const SECONDS: u64 = 15;
 
 struct Killed(Child);
@@ -27,14 +29,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const LUA: &str = r#"
@@ -125,23 +119,8 @@ fn spawn_engine(dir: &Path, bin_var: &str) -> (Killed, u16, u32) {
     let port = free_port();
     // PATCHBAY_BENCH_BIN runs another build; PATCHBAY_BENCH_BIN_B a second
     // one in every round (an A/B comparison under the same conditions).
-    let bin = std::env::var(bin_var).unwrap_or_else(|_| env!("CARGO_BIN_EXE_patchbay").to_string());
-    let child = Command::new(bin)
-        .args([
-            "run",
-            "--recipes",
-            "recipes",
-            "--connections",
-            "connections.yaml",
-            "--store",
-            "sqlite://store.db",
-            "--workers",
-            "64",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir)
-        .env("GHL_TOKEN", "pit-bench")
-        .env("WEBHOOK_TOKEN", TOKEN)
+    let bin = Command::new(common::engine_bin(bin_var));
+    let child = common::engine(bin, dir, port, "sqlite://store.db")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -270,24 +249,7 @@ fn main() {
         let contact = g.insert_contact(serde_json::json!({"email": "bench@example.com"}));
         let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-load-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("recipes")).unwrap();
-        std::fs::write(
-            dir.join("recipes/bench.yaml"),
-            format!(
-                "recipe: bench\ntrigger: {{ on: sendpulse.subscriber.added, connection: sendpulse-main }}\nsteps:\n  - id: tag\n    action: ghl.tags.add\n    connection: ghl-main\n    with: {{ contactId: \"{contact}\", tags: [\"book-{{{{ event.book_id }}}}\"] }}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("connections.yaml"),
-            format!(
-                "ghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: GHL_TOKEN }}\n  location_id: {}\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n\
-                 sendpulse-main:\n  connector: sendpulse\n  api_key: {{ env: GHL_TOKEN }}\n  webhook_token: {{ env: WEBHOOK_TOKEN }}\n",
-                g.base_url(),
-                g.config().location_id,
-            ),
-        )
-        .unwrap();
+        common::write_folder(&dir, &g.base_url(), &g.config().location_id, &contact);
 
         // The machine's speed moves between runs by more than the
         // differences measured here: forwarder and engine take turns, and

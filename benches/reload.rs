@@ -16,6 +16,9 @@ use patchbay::recipe::validate::version_of;
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
+mod common;
+use common::free_port;
+
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const RELOADS: usize = 100;
 const LOAD_SECONDS: u64 = 10;
@@ -28,14 +31,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn recipe(i: usize) -> String {
