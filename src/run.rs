@@ -268,7 +268,7 @@ async fn run_async(args: RunArgs) -> i32 {
     };
     let runtime = Runtime::new(
         catalog.clone(),
-        resolved.clone(),
+        resolved,
         store.clone(),
         store.clone(),
     );
