@@ -266,12 +266,7 @@ async fn run_async(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let runtime = Runtime::new(
-        catalog.clone(),
-        resolved,
-        store.clone(),
-        store.clone(),
-    );
+    let runtime = Runtime::new(catalog.clone(), resolved, store.clone(), store.clone());
     let svc = Arc::new(Service {
         store: store.clone(),
         runtime: Arc::new(runtime),
