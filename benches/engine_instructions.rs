@@ -11,8 +11,10 @@
 //! the difference over 2,000 is the cost of one event without start-up.
 //!
 //! `cargo bench --bench engine_instructions` (needs valgrind);
-//! `PATCHBAY_BENCH_BIN=path` measures another build. Results go to
-//! `docs/performance.md`.
+//! `PATCHBAY_BENCH_BIN=path` measures another build;
+//! `PATCHBAY_BENCH_CALLGRIND=path` runs the larger run under callgrind and
+//! writes its profile there (for `callgrind_annotate`), so the number comes
+//! with where it goes. Results go to `docs/performance.md`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -54,14 +56,21 @@ async fn count(store: &SqliteStore, status: RunState) -> usize {
 
 /// The engine's instructions for `events` single-event deliveries, start-up
 /// and shutdown included.
-async fn instructions(dir: &Path, events: usize) -> u64 {
+/// With `profile`, callgrind runs instead and writes its profile there.
+async fn instructions(dir: &Path, events: usize, profile: Option<&str>) -> u64 {
     let db = dir.join(format!("store-{events}.db"));
     let port = free_port();
-    let log = dir.join(format!("cachegrind-{events}.txt"));
+    let log = dir.join(format!("valgrind-{events}.txt"));
     let mut valgrind = Command::new("valgrind");
+    match profile {
+        Some(out) => valgrind
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={out}")),
+        None => valgrind
+            .args(["--tool=cachegrind", "--cache-sim=no"])
+            .arg("--cachegrind-out-file=/dev/null"),
+    };
     valgrind
-        .args(["--tool=cachegrind", "--cache-sim=no"])
-        .arg("--cachegrind-out-file=/dev/null")
         .arg(format!("--log-file={}", log.display()))
         .arg(common::engine_bin("PATCHBAY_BENCH_BIN"));
     let store = format!("sqlite://{}", db.display());
@@ -112,13 +121,15 @@ async fn instructions(dir: &Path, events: usize) -> u64 {
         .status();
     engine.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
+    // cachegrind says `I   refs: N`, callgrind `Collected : N`.
     text.lines()
         .find_map(|l| {
             l.split_once("I   refs:")
+                .or_else(|| l.split_once("Collected :"))
                 .map(|(_, n)| n.trim().replace(',', ""))
         })
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count in cachegrind's output:\n{text}"))
+        .unwrap_or_else(|| panic!("no instruction count in valgrind's output:\n{text}"))
 }
 
 fn main() {
@@ -134,8 +145,9 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         common::write_folder(&dir, &ghl, "loc1", "c123");
         let (small, large) = (400, 2400);
-        let a = instructions(&dir, small).await;
-        let b = instructions(&dir, large).await;
+        let profile = std::env::var("PATCHBAY_BENCH_CALLGRIND").ok();
+        let a = instructions(&dir, small, None).await;
+        let b = instructions(&dir, large, profile.as_deref()).await;
         println!(
             "engine instructions: {a} for {small} events, {b} for {large} events; {:.0} per event (start-up excluded)",
             (b - a) as f64 / (large - small) as f64
