@@ -7,14 +7,12 @@
 //! rest runs at the next start.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use patchbay::emulator::{ghl, sendpulse};
-use patchbay::store::sqlite::SqliteStore;
-use patchbay::store::{RunFilter, RunState, Store};
+use patchbay::store::RunState;
 use rand::Rng;
 use serde_json::json;
 
@@ -33,26 +31,10 @@ steps:
     with: { email: "{{ event.email }}", firstName: "{{ event.variables.name }}" }
 "#;
 
-struct Engine {
-    child: Child,
-}
+mod common;
+use common::{free_port, wait_ready, Killed};
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(dir: &Path, port: u16) -> Engine {
+fn spawn(dir: &Path, port: u16) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args([
             "run",
@@ -79,27 +61,7 @@ fn spawn(dir: &Path, port: u16) -> Engine {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Engine { child }
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "engine did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Killed(child)
 }
 
 /// The emulators and a folder with the recipe and connections for them.
@@ -122,8 +84,7 @@ async fn setup(
     })
     .await
     .unwrap();
-    let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::fresh_dir(name);
     std::fs::create_dir_all(dir.join("recipes")).unwrap();
     std::fs::write(dir.join("recipes/subscriber.yaml"), RECIPE).unwrap();
     std::fs::write(
@@ -142,33 +103,18 @@ async fn setup(
     (g, s, dir)
 }
 
-/// Completed runs, once every run of `n` events has completed.
+/// Every run, once those of `n` events have completed.
 async fn wait_completed(dir: &Path, n: usize) -> Vec<patchbay::store::RunSummary> {
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
-        .await
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let runs = store
-            .runs(RunFilter {
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+    let completed = |runs: &[patchbay::store::RunSummary]| {
         let done = runs
             .iter()
             .filter(|r| r.status == RunState::Completed)
             .count();
-        if done == n {
-            return runs;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{done} of {n} runs completed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (done == n)
+            .then_some(())
+            .ok_or_else(|| format!("{done} of {n} runs completed"))
+    };
+    common::wait_for_runs(&dir.join("store.db"), completed, String::new).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,8 +157,8 @@ async fn kill_9_three_times_loses_and_repeats_nothing() {
         if kill_after.contains(&b) {
             // Let some runs get going, then kill without warning.
             tokio::time::sleep(Duration::from_millis(rand::rng().random_range(5..60))).await;
-            engine.child.kill().unwrap(); // SIGKILL
-            engine.child.wait().unwrap();
+            engine.0.kill().unwrap(); // SIGKILL
+            engine.0.wait().unwrap();
             kills += 1;
             engine = spawn(&dir, port);
             wait_ready(&client, port).await;
@@ -269,13 +215,13 @@ async fn sigterm_lets_steps_in_flight_finish_exits_zero_and_the_rest_resumes() {
     assert!(r.status().is_success(), "{}", r.status());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let term = Command::new("kill")
-        .args(["-TERM", &engine.child.id().to_string()])
+        .args(["-TERM", &engine.0.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let stopped = Instant::now();
     let status = loop {
-        if let Some(s) = engine.child.try_wait().unwrap() {
+        if let Some(s) = engine.0.try_wait().unwrap() {
             break s;
         }
         assert!(

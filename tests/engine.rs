@@ -106,11 +106,11 @@ fn conns(g: &ghl::GhlEmulator, s: &sendpulse::SendPulseEmulator) -> Vec<Resolved
     ]
 }
 
+mod common;
+
+/// A store file in a fresh folder.
 fn temp_db(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("patchbay-engine-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("store.db")
+    common::fresh_dir(&format!("engine-{name}")).join("store.db")
 }
 
 async fn start(

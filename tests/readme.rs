@@ -3,17 +3,11 @@
 //! the emulated HighLevel.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Killed;
 
 /// The shell commands of the README's first two `sh` blocks.
 fn readme_blocks() -> (Vec<String>, Vec<String>) {
@@ -57,8 +51,7 @@ fn the_readme_commands_show_the_created_contact() {
         .collect();
 
     // A fresh folder with the bundled recipes, as a new checkout has.
-    let dir = std::env::temp_dir().join(format!("patchbay-readme-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::fresh_dir("readme");
     std::fs::create_dir_all(dir.join("recipes")).unwrap();
     for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")).unwrap() {
         let p = e.unwrap().path();

@@ -5,9 +5,8 @@
 //! from, and the store records which version each run was queued on.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,17 +20,12 @@ use serde_json::{json, Value};
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, Killed};
 
+/// A fresh folder for test `name`, with an empty `recipes` folder.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("patchbay-reload-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::fresh_dir(&format!("reload-{name}"));
     std::fs::create_dir_all(dir.join("recipes")).unwrap();
     dir
 }
@@ -71,18 +65,11 @@ async fn emulator(token: &str) -> ghl::GhlEmulator {
 }
 
 struct Engine {
-    child: Child,
+    child: Killed,
     port: u16,
     admin: u16,
     dir: PathBuf,
     client: reqwest::Client,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Engine {
@@ -114,7 +101,7 @@ impl Engine {
             .spawn()
             .unwrap();
         let e = Engine {
-            child,
+            child: Killed(child),
             port,
             admin,
             dir: dir.to_path_buf(),
@@ -215,30 +202,16 @@ impl Engine {
 
     /// Waits until `n` runs exist and none is queued or running.
     async fn settle(&self, n: usize) -> Vec<RunSummary> {
-        let store = self.store().await;
-        let start = Instant::now();
-        loop {
-            let runs = store
-                .runs(RunFilter {
-                    limit: 1_000_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+        let settled = |runs: &[RunSummary]| {
             let busy = runs
                 .iter()
                 .any(|r| matches!(r.status, RunState::Queued | RunState::Running));
-            if runs.len() >= n && !busy {
-                return runs;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{} runs, busy: {busy}; log:\n{}",
-                runs.len(),
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            (runs.len() >= n && !busy)
+                .then_some(())
+                .ok_or_else(|| format!("{} runs, busy: {busy}", runs.len()))
+        };
+        let log = || format!("log:\n{}", self.log());
+        common::wait_for_runs(&self.dir.join("store.db"), settled, log).await
     }
 }
 
@@ -290,22 +263,24 @@ async fn at_start_an_invalid_recipe_is_reported_once_and_the_valid_ones_serve() 
         &[("alpha.yaml", &good), ("beta.yaml", &bad)],
     );
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(["run", "--recipes", "recipes"])
-        .args([
-            "--connections",
-            "connections.yaml",
-            "--store",
-            "sqlite://store.db",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(&dir)
-        .env("GHL_TOKEN", "pit-reload")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_patchbay"))
+            .args(["run", "--recipes", "recipes"])
+            .args([
+                "--connections",
+                "connections.yaml",
+                "--store",
+                "sqlite://store.db",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(&dir)
+            .env("GHL_TOKEN", "pit-reload")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     // Everything printed up to the list of recipes serving.
     let read = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -324,8 +299,7 @@ async fn at_start_an_invalid_recipe_is_reported_once_and_the_valid_ones_serve() 
         .expect("the engine started")
         .unwrap();
     let served = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(
         out.matches("error[unknown-operation]").count(),
         1,
@@ -595,7 +569,7 @@ async fn admin_api_wants_its_token_and_reloads_on_request_and_sighup() {
         assert!(msg.starts_with(what) && msg.contains("restart"), "{msg}");
     }
 
-    let pid = e.child.id().to_string();
+    let pid = e.child.0.id().to_string();
     // The shell's own `kill`, so no procps is needed.
     assert!(Command::new("sh")
         .args(["-c", &format!("kill -HUP {pid}")])
