@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Statement};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::DEDUPE_WINDOW;
@@ -113,17 +113,29 @@ fn write_error(msg: &str) -> StoreError {
 }
 
 /// Opens the write connection (`synchronous=FULL`: accepted events must
-/// survive a power cut) and starts the writer thread.
+/// survive a power cut) and starts the writer thread, once its statements
+/// compiled.
 pub(super) fn start(path: &std::path::Path) -> Result<mpsc::Sender<Job>, StoreError> {
     let conn = open(path)?;
     let (tx, rx) = mpsc::channel(4096);
+    let (ready, started) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("patchbay-store-writer".into())
-        .spawn(move || run(conn, rx))
+        .spawn(move || match Writer::new(&conn) {
+            Ok(w) => {
+                let _ = ready.send(Ok(()));
+                w.run(rx)
+            }
+            Err(e) => drop(ready.send(Err(e))),
+        })
         .map_err(|e| StoreError::Corrupt {
             what: "writer thread",
             detail: e.to_string(),
         })?;
+    started.recv().map_err(|e| StoreError::Corrupt {
+        what: "writer thread",
+        detail: e.to_string(),
+    })??;
     Ok(tx)
 }
 
@@ -149,53 +161,413 @@ fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Takes every waiting job, applies them in one transaction and answers
-/// each after the commit. When a job fails, the batch is rolled back and
-/// its jobs are applied again one transaction each, so a bad job fails
-/// alone (savepoints per job would copy every page they touch).
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    let mut last_reap = 0i64;
-    let mut busy = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut gather = |jobs: &mut Vec<Job>| {
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+/// SQL of the statements the writer keeps compiled.
+mod sql {
+    pub const BEGIN: &str = "BEGIN IMMEDIATE";
+    pub const COMMIT: &str = "COMMIT";
+    pub const ROLLBACK: &str = "ROLLBACK";
+    pub const DEDUPE: &str = "INSERT INTO dedupe (key, expires_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?3";
+    pub const EVENT: &str = "INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+    pub const KEY_BUSY: &str =
+        "SELECT 1 FROM runs WHERE ordering_key = ?1 AND status IN ('queued', 'running') LIMIT 1";
+    pub const RUN_LEASED: &str = "INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8, ?8)";
+    pub const RUN_QUEUED: &str = "INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)";
+    pub const DELIVERY: &str = "INSERT INTO deliveries (connection, status, outcome, events, received_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+    pub const PAYLOAD: &str = "SELECT payload FROM events WHERE id = ?1";
+    pub const STEPS_OF: &str = "SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx";
+    pub const NEXT_STEP: &str = "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run_id = ?1";
+    pub const STEP: &str = "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)";
+    pub const STEP_IF_NEW: &str = "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3) ON CONFLICT(run_id, idx) DO NOTHING";
+    pub const EXTEND: &str =
+        "UPDATE runs SET lease_until = ?1, updated_at = ?2 WHERE id = ?3 AND status = 'running'";
+    pub const END: &str = "UPDATE runs SET status = ?1, failed_step = ?2, error = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?4 WHERE id = ?5";
+}
+
+/// The write connection with the statements of every event's path compiled
+/// once for its life. (`prepare_cached` hashes the SQL text on every take
+/// and every return, ~8,700 instructions an event, and rusqlite's
+/// transactions compile `BEGIN` and `COMMIT` anew each time.) Rarer writes
+/// use the connection's statement cache.
+struct Writer<'c> {
+    conn: &'c Connection,
+    begin: Statement<'c>,
+    commit: Statement<'c>,
+    rollback: Statement<'c>,
+    dedupe: Statement<'c>,
+    event: Statement<'c>,
+    key_busy: Statement<'c>,
+    run_leased: Statement<'c>,
+    run_queued: Statement<'c>,
+    delivery: Statement<'c>,
+    claimable: Statement<'c>,
+    claim: Statement<'c>,
+    payload: Statement<'c>,
+    steps_of: Statement<'c>,
+    next_step: Statement<'c>,
+    step: Statement<'c>,
+    step_if_new: Statement<'c>,
+    extend: Statement<'c>,
+    end: Statement<'c>,
+}
+
+impl<'c> Writer<'c> {
+    fn new(conn: &'c Connection) -> Result<Writer<'c>, StoreError> {
+        Ok(Writer {
+            conn,
+            begin: conn.prepare(sql::BEGIN)?,
+            commit: conn.prepare(sql::COMMIT)?,
+            rollback: conn.prepare(sql::ROLLBACK)?,
+            dedupe: conn.prepare(sql::DEDUPE)?,
+            event: conn.prepare(sql::EVENT)?,
+            key_busy: conn.prepare(sql::KEY_BUSY)?,
+            run_leased: conn.prepare(sql::RUN_LEASED)?,
+            run_queued: conn.prepare(sql::RUN_QUEUED)?,
+            delivery: conn.prepare(sql::DELIVERY)?,
+            claimable: conn.prepare(CLAIMABLE)?,
+            claim: conn.prepare(CLAIM)?,
+            payload: conn.prepare(sql::PAYLOAD)?,
+            steps_of: conn.prepare(sql::STEPS_OF)?,
+            next_step: conn.prepare(sql::NEXT_STEP)?,
+            step: conn.prepare(sql::STEP)?,
+            step_if_new: conn.prepare(sql::STEP_IF_NEW)?,
+            extend: conn.prepare(sql::EXTEND)?,
+            end: conn.prepare(sql::END)?,
+        })
+    }
+
+    /// Takes every waiting job, applies them in one transaction and answers
+    /// each after the commit. When a job fails, the batch is rolled back and
+    /// its jobs are applied again one transaction each, so a bad job fails
+    /// alone (savepoints per job would copy every page they touch).
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut last_reap = 0i64;
+        let mut busy = false;
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            let mut gather = |jobs: &mut Vec<Job>| {
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
                 }
-            }
-        };
-        gather(&mut jobs);
-        // Under load, wait a moment for more jobs (like PostgreSQL's
-        // commit_delay): every commit writes the index pages its rows
-        // touched, so fuller commits write fewer pages per event.
-        if busy && jobs.len() < MIN_BATCH {
-            std::thread::sleep(COMMIT_DELAY);
+            };
             gather(&mut jobs);
-        }
-        busy = jobs.len() > 1;
-        let now = super::sqlite::now_ms();
-        // Runs whose lease expired (their process died) are queued again.
-        let reap_now = now - last_reap > REAP_EVERY_MS;
-        if reap_now {
-            last_reap = now;
-        }
-        match batch(&mut conn, &jobs, now, reap_now) {
-            Ok(done) => jobs
-                .into_iter()
-                .zip(done)
-                .for_each(|(job, d)| job.reply(Ok(d))),
-            Err(BatchError::Commit(msg)) => jobs
-                .into_iter()
-                .for_each(|job| job.reply(Err(write_error(&msg)))),
-            Err(BatchError::Job) => {
-                for job in jobs {
-                    let r = alone(&mut conn, &job, now);
-                    job.reply(r);
+            // Under load, wait a moment for more jobs (like PostgreSQL's
+            // commit_delay): every commit writes the index pages its rows
+            // touched, so fuller commits write fewer pages per event.
+            if busy && jobs.len() < MIN_BATCH {
+                std::thread::sleep(COMMIT_DELAY);
+                gather(&mut jobs);
+            }
+            busy = jobs.len() > 1;
+            let now = super::sqlite::now_ms();
+            // Runs whose lease expired (their process died) are queued again.
+            let reap_now = now - last_reap > REAP_EVERY_MS;
+            if reap_now {
+                last_reap = now;
+            }
+            match self.batch(&jobs, now, reap_now) {
+                Ok(done) => jobs
+                    .into_iter()
+                    .zip(done)
+                    .for_each(|(job, d)| job.reply(Ok(d))),
+                Err(BatchError::Commit(msg)) => jobs
+                    .into_iter()
+                    .for_each(|job| job.reply(Err(write_error(&msg)))),
+                Err(BatchError::Job) => {
+                    for job in jobs {
+                        let r = self.alone(&job, now);
+                        job.reply(r);
+                    }
                 }
             }
         }
+    }
+
+    /// Every job in one transaction.
+    fn batch(&mut self, jobs: &[Job], now: i64, reap_now: bool) -> Result<Vec<Done>, BatchError> {
+        self.begin
+            .execute([])
+            .map_err(|e| BatchError::Commit(e.to_string()))?;
+        if reap_now {
+            let _ = reap(self.conn, now);
+        }
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.apply(job, now) {
+                Ok(d) => done.push(d),
+                Err(_) => {
+                    self.abandon();
+                    return Err(BatchError::Job);
+                }
+            }
+        }
+        if let Err(e) = self.commit.execute([]) {
+            self.abandon();
+            return Err(BatchError::Commit(e.to_string()));
+        }
+        Ok(done)
+    }
+
+    /// One job in its own transaction.
+    fn alone(&mut self, job: &Job, now: i64) -> Result<Done, StoreError> {
+        self.begin.execute([])?;
+        let done = self
+            .apply(job, now)
+            .and_then(|d| Ok(self.commit.execute([]).map(|_| d)?));
+        if done.is_err() {
+            self.abandon();
+        }
+        done
+    }
+
+    /// Rolls back the open transaction, if SQLite has not already.
+    fn abandon(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.rollback.execute([]);
+        }
+    }
+
+    fn apply(&mut self, job: &Job, now: i64) -> Result<Done, StoreError> {
+        Ok(match job {
+            Job::Ingest {
+                delivery,
+                events,
+                cursor,
+                claim,
+                ..
+            } => Done::Ingested(self.ingest(
+                delivery.as_ref(),
+                events,
+                cursor.as_ref(),
+                claim.as_ref(),
+                now,
+            )?),
+            Job::Leases { owner, lease, .. } => Done::Count(leases(self.conn, owner, *lease, now)?),
+            Job::Claim {
+                worker, lease, max, ..
+            } => Done::Claimed(self.claim_batch(worker, *lease, *max, now)?),
+            Job::Checkpoint {
+                run_id,
+                records,
+                lease,
+                ..
+            } => {
+                self.checkpoint(run_id, records, *lease, now)?;
+                Done::Unit
+            }
+            Job::Versions { versions, .. } => {
+                super::versions::insert(self.conn, versions)?;
+                Done::Unit
+            }
+            Job::Finish {
+                run_id,
+                records,
+                status,
+                failed_step,
+                error,
+                ..
+            } => {
+                self.finish(
+                    run_id,
+                    records,
+                    *status,
+                    failed_step.as_deref(),
+                    error.as_deref(),
+                    now,
+                )?;
+                Done::Unit
+            }
+        })
+    }
+
+    fn ingest(
+        &mut self,
+        delivery: Option<&Delivery>,
+        events: &[NewEvent],
+        cursor: Option<&(String, String)>,
+        claim: Option<&ClaimFor>,
+        now: i64,
+    ) -> Result<Ingested, StoreError> {
+        let mut n = Ingested::default();
+        for ev in events {
+            if let Some(key) = &ev.dedupe_key {
+                let fresh = self.dedupe.execute(params![
+                    key,
+                    now + DEDUPE_WINDOW.as_millis() as i64,
+                    now
+                ])?;
+                if fresh == 0 {
+                    n.duplicates += 1;
+                    continue;
+                }
+            }
+            self.event.execute(params![
+                ev.id,
+                ev.connection,
+                ev.operation,
+                ev.payload.to_string(),
+                now
+            ])?;
+            n.events += 1;
+            // A run's `seq` is its rowid: SQLite gives each insert the next one.
+            for run in &ev.runs {
+                n.runs += 1;
+                let owner = claim.filter(|cl| n.claimed.len() < cl.max);
+                let free = match (&owner, &run.ordering_key) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(_), Some(key)) => self
+                        .key_busy
+                        .query_row([key], |_| Ok(()))
+                        .optional()?
+                        .is_none(),
+                };
+                match owner.filter(|_| free) {
+                    Some(cl) => {
+                        self.run_leased.execute(params![
+                            run.id,
+                            ev.id,
+                            run.recipe,
+                            run.recipe_version,
+                            run.ordering_key,
+                            cl.owner,
+                            now + cl.lease.as_millis() as i64,
+                            now
+                        ])?;
+                        n.claimed.push(ClaimedRun {
+                            id: run.id.clone(),
+                            recipe: run.recipe.clone(),
+                            recipe_version: run.recipe_version.clone(),
+                            payload: ev.payload.clone(),
+                            ordering_key: run.ordering_key.clone(),
+                            started_at: super::sqlite::to_time(now),
+                            done: Vec::new(),
+                        });
+                    }
+                    None => {
+                        self.run_queued.execute(params![
+                            run.id,
+                            ev.id,
+                            run.recipe,
+                            run.recipe_version,
+                            run.ordering_key,
+                            now
+                        ])?;
+                    }
+                }
+            }
+        }
+        if let Some(d) = delivery {
+            self.delivery.execute(params![
+                d.connection,
+                d.status,
+                d.outcome,
+                d.events,
+                d.received_at.timestamp_millis()
+            ])?;
+        }
+        if let Some((name, value)) = cursor {
+            self.conn.prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
+                .execute(params![name, value])?;
+        }
+        Ok(n)
+    }
+
+    /// Takes up to `max` of the oldest queued runs whose ordering key has no
+    /// earlier unfinished run. Of several queued runs of one key only the
+    /// first qualifies (the others have it before them), so a batch never
+    /// holds two runs of one key. Selected and leased in the writer's
+    /// transaction, so nothing can take them in between.
+    fn claim_batch(
+        &mut self,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+        now: i64,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let seqs = self
+            .claimable
+            .query_map([max as i64], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut runs = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let (id, recipe, recipe_version, event_id, started_at, ordering_key) =
+                self.claim.query_row(
+                    params![worker, now + lease.as_millis() as i64, now, seq],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                        ))
+                    },
+                )?;
+            let payload: String = self.payload.query_row([&event_id], |r| r.get(0))?;
+            let mut done = Vec::new();
+            let mut records = self.steps_of.query([&id])?;
+            while let Some(row) = records.next()? {
+                let text: String = row.get(0)?;
+                done.push(
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                        what: "steps.record",
+                        detail: e.to_string(),
+                    })?,
+                );
+            }
+            runs.push(ClaimedRun {
+                id,
+                recipe,
+                recipe_version,
+                payload: super::sqlite::parse_json("events.payload", &payload)?,
+                ordering_key,
+                started_at: super::sqlite::to_time(started_at),
+                done,
+            });
+        }
+        Ok(runs)
+    }
+
+    fn checkpoint(
+        &mut self,
+        run_id: &str,
+        records: &[String],
+        lease: Duration,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if !records.is_empty() {
+            let next: i64 = self.next_step.query_row([run_id], |r| r.get(0))?;
+            for (i, r) in records.iter().enumerate() {
+                self.step.execute(params![run_id, next + i as i64, r])?;
+            }
+        }
+        self.extend
+            .execute(params![now + lease.as_millis() as i64, now, run_id])?;
+        Ok(())
+    }
+
+    /// Stores the step records not yet checkpointed and ends the run.
+    fn finish(
+        &mut self,
+        run_id: &str,
+        records: &[String],
+        status: RunState,
+        failed_step: Option<&str>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // Steps checkpointed before are already there and stay as they are;
+        // most runs have none, so this costs no lookup of what was stored.
+        for (i, r) in records.iter().enumerate() {
+            self.step_if_new.execute(params![run_id, i as i64, r])?;
+        }
+        self.end
+            .execute(params![status.as_str(), failed_step, error, now, run_id])?;
+        Ok(())
     }
 }
 
@@ -207,90 +579,6 @@ enum BatchError {
     Commit(String),
 }
 
-/// Every job in one transaction.
-fn batch(
-    conn: &mut Connection,
-    jobs: &[Job],
-    now: i64,
-    reap_now: bool,
-) -> Result<Vec<Done>, BatchError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| BatchError::Commit(e.to_string()))?;
-    if reap_now {
-        let _ = reap(&tx, now);
-    }
-    let mut done = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        done.push(apply(&tx, job, now).map_err(|_| BatchError::Job)?);
-    }
-    tx.commit().map_err(|e| BatchError::Commit(e.to_string()))?;
-    Ok(done)
-}
-
-/// One job in its own transaction.
-fn alone(conn: &mut Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let done = apply(&tx, job, now)?;
-    tx.commit()?;
-    Ok(done)
-}
-
-fn apply(c: &Connection, job: &Job, now: i64) -> Result<Done, StoreError> {
-    Ok(match job {
-        Job::Ingest {
-            delivery,
-            events,
-            cursor,
-            claim,
-            ..
-        } => Done::Ingested(ingest(
-            c,
-            delivery.as_ref(),
-            events,
-            cursor.as_ref(),
-            claim.as_ref(),
-            now,
-        )?),
-        Job::Leases { owner, lease, .. } => Done::Count(leases(c, owner, *lease, now)?),
-        Job::Claim {
-            worker, lease, max, ..
-        } => Done::Claimed(claim_batch(c, worker, *lease, *max, now)?),
-        Job::Checkpoint {
-            run_id,
-            records,
-            lease,
-            ..
-        } => {
-            checkpoint(c, run_id, records, *lease, now)?;
-            Done::Unit
-        }
-        Job::Versions { versions, .. } => {
-            super::versions::insert(c, versions)?;
-            Done::Unit
-        }
-        Job::Finish {
-            run_id,
-            records,
-            status,
-            failed_step,
-            error,
-            ..
-        } => {
-            finish(
-                c,
-                run_id,
-                records,
-                *status,
-                failed_step.as_deref(),
-                error.as_deref(),
-                now,
-            )?;
-            Done::Unit
-        }
-    })
-}
-
 // Queries over open runs repeat the condition of the partial index
 // `runs_open`, `status IN ('queued', 'running')`, word for word: SQLite
 // uses a partial index only when the query's WHERE names its condition.
@@ -299,73 +587,6 @@ fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(c
         .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status IN ('queued', 'running') AND status = 'running' AND lease_until < ?")?
         .execute([now])?)
-}
-
-fn ingest(
-    c: &Connection,
-    delivery: Option<&Delivery>,
-    events: &[NewEvent],
-    cursor: Option<&(String, String)>,
-    claim: Option<&ClaimFor>,
-    now: i64,
-) -> Result<Ingested, StoreError> {
-    let mut n = Ingested::default();
-    for ev in events {
-        if let Some(key) = &ev.dedupe_key {
-            let fresh = c
-                .prepare_cached("INSERT INTO dedupe (key, expires_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at < ?3")?
-                .execute(params![key, now + DEDUPE_WINDOW.as_millis() as i64, now])?;
-            if fresh == 0 {
-                n.duplicates += 1;
-                continue;
-            }
-        }
-        c.prepare_cached("INSERT INTO events (id, connection, operation, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![ev.id, ev.connection, ev.operation, ev.payload.to_string(), now])?;
-        n.events += 1;
-        // A run's `seq` is its rowid: SQLite gives each insert the next one.
-        for run in &ev.runs {
-            n.runs += 1;
-            let owner = claim.filter(|cl| n.claimed.len() < cl.max);
-            let free = match (&owner, &run.ordering_key) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(_), Some(key)) => c
-                    .prepare_cached("SELECT 1 FROM runs WHERE ordering_key = ?1 AND status IN ('queued', 'running') LIMIT 1")?
-                    .query_row([key], |_| Ok(()))
-                    .optional()?
-                    .is_none(),
-            };
-            match owner.filter(|_| free) {
-                Some(cl) => {
-                    c.prepare_cached("INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, lease_owner, lease_until, started_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8, ?8)")?
-                        .execute(params![run.id, ev.id, run.recipe, run.recipe_version, run.ordering_key, cl.owner, now + cl.lease.as_millis() as i64, now])?;
-                    n.claimed.push(ClaimedRun {
-                        id: run.id.clone(),
-                        recipe: run.recipe.clone(),
-                        recipe_version: run.recipe_version.clone(),
-                        payload: ev.payload.clone(),
-                        ordering_key: run.ordering_key.clone(),
-                        started_at: super::sqlite::to_time(now),
-                        done: Vec::new(),
-                    });
-                }
-                None => {
-                    c.prepare_cached("INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)")?
-                        .execute(params![run.id, ev.id, run.recipe, run.recipe_version, run.ordering_key, now])?;
-                }
-            }
-        }
-    }
-    if let Some(d) = delivery {
-        c.prepare_cached("INSERT INTO deliveries (connection, status, outcome, events, received_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![d.connection, d.status, d.outcome, d.events, d.received_at.timestamp_millis()])?;
-    }
-    if let Some((name, value)) = cursor {
-        c.prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
-            .execute(params![name, value])?;
-    }
-    Ok(n)
 }
 
 /// Extends every lease `owner` holds, or (without a lease) queues its runs again.
@@ -406,113 +627,6 @@ const CLAIM: &str = "UPDATE runs SET status = 'running', lease_owner = ?1, lease
      WHERE seq = ?4
      RETURNING id, recipe, recipe_version, event_id, started_at, ordering_key";
 
-/// Takes up to `max` of the oldest queued runs whose ordering key has no
-/// earlier unfinished run. Of several queued runs of one key only the
-/// first qualifies (the others have it before them), so a batch never
-/// holds two runs of one key. Selected and leased in the writer's
-/// transaction, so nothing can take them in between.
-fn claim_batch(
-    c: &Connection,
-    worker: &str,
-    lease: Duration,
-    max: usize,
-    now: i64,
-) -> Result<Vec<ClaimedRun>, StoreError> {
-    let seqs = c
-        .prepare_cached(CLAIMABLE)?
-        .query_map([max as i64], |r| r.get::<_, i64>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut runs = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        let (id, recipe, recipe_version, event_id, started_at, ordering_key) =
-            c.prepare_cached(CLAIM)?.query_row(
-                params![worker, now + lease.as_millis() as i64, now, seq],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                    ))
-                },
-            )?;
-        let payload: String = c
-            .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
-            .query_row([&event_id], |r| r.get(0))?;
-        let mut done = Vec::new();
-        let mut steps =
-            c.prepare_cached("SELECT record FROM steps WHERE run_id = ?1 ORDER BY idx")?;
-        let mut records = steps.query([&id])?;
-        while let Some(row) = records.next()? {
-            let text: String = row.get(0)?;
-            done.push(
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    what: "steps.record",
-                    detail: e.to_string(),
-                })?,
-            );
-        }
-        runs.push(ClaimedRun {
-            id,
-            recipe,
-            recipe_version,
-            payload: super::sqlite::parse_json("events.payload", &payload)?,
-            ordering_key,
-            started_at: super::sqlite::to_time(started_at),
-            done,
-        });
-    }
-    Ok(runs)
-}
-
-fn checkpoint(
-    c: &Connection,
-    run_id: &str,
-    records: &[String],
-    lease: Duration,
-    now: i64,
-) -> Result<(), StoreError> {
-    if !records.is_empty() {
-        let next: i64 = c
-            .prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run_id = ?1")?
-            .query_row([run_id], |r| r.get(0))?;
-        for (i, r) in records.iter().enumerate() {
-            c.prepare_cached("INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3)")?
-                .execute(params![run_id, next + i as i64, r])?;
-        }
-    }
-    c.prepare_cached(
-        "UPDATE runs SET lease_until = ?1, updated_at = ?2 WHERE id = ?3 AND status = 'running'",
-    )?
-    .execute(params![now + lease.as_millis() as i64, now, run_id])?;
-    Ok(())
-}
-
-/// Stores the step records not yet checkpointed and ends the run.
-fn finish(
-    c: &Connection,
-    run_id: &str,
-    records: &[String],
-    status: RunState,
-    failed_step: Option<&str>,
-    error: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    // Steps checkpointed before are already there and stay as they are;
-    // most runs have none, so this costs no lookup of what was stored.
-    let mut insert = c.prepare_cached(
-        "INSERT INTO steps (run_id, idx, record) VALUES (?1, ?2, ?3) ON CONFLICT(run_id, idx) DO NOTHING",
-    )?;
-    for (i, r) in records.iter().enumerate() {
-        insert.execute(params![run_id, i as i64, r])?;
-    }
-    c.prepare_cached("UPDATE runs SET status = ?1, failed_step = ?2, error = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?4 WHERE id = ?5")?
-        .execute(params![status.as_str(), failed_step, error, now, run_id])?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,9 +649,11 @@ mod tests {
         c.execute("INSERT INTO runs (id, event_id, recipe, recipe_version, status, created_at, updated_at) VALUES ('r1', 'e1', 'r', 'v', 'running', 0, 0)", [])
             .unwrap();
         let lease = Duration::from_secs(30);
-        checkpoint(&c, "r1", &["first".into()], lease, now).unwrap();
+        let mut w = Writer::new(&c).unwrap();
+        w.checkpoint("r1", &["first".into()], lease, now).unwrap();
         let records = ["first, as the run saw it".to_string(), "second".into()];
-        finish(&c, "r1", &records, RunState::Completed, None, None, now).unwrap();
+        w.finish("r1", &records, RunState::Completed, None, None, now)
+            .unwrap();
         let steps: Vec<String> = c
             .prepare("SELECT record FROM steps WHERE run_id = 'r1' ORDER BY idx")
             .unwrap()
@@ -556,10 +672,11 @@ mod tests {
     async fn claims_of_different_sizes_reuse_one_compiled_statement() {
         let c = writer_conn().await;
         let now = super::super::sqlite::now_ms();
+        let mut w = Writer::new(&c).unwrap();
         for max in [256, 3, 64, 1, 200] {
-            claim_batch(&c, "w", Duration::from_secs(30), max, now).unwrap();
+            w.claim_batch("w", Duration::from_secs(30), max, now)
+                .unwrap();
         }
-        let stmt = c.prepare_cached(CLAIMABLE).unwrap();
-        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        assert_eq!(w.claimable.get_status(StatementStatus::RePrepare), 0);
     }
 }
