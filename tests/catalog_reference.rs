@@ -229,7 +229,7 @@ fn every_http_action_in_the_catalog_is_in_the_reference_table() {
         if !is_http_action(def.kind, def.native.as_deref()) {
             continue;
         }
-        let id = op.id();
+        let id = op.id().to_string();
         if !known.contains(id.as_str()) {
             missing.push(id);
         }

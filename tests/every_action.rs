@@ -116,7 +116,7 @@ impl Fixtures {
             if def.from_connection.is_some() {
                 continue;
             }
-            match self.value(&id, name, def) {
+            match self.value(id, name, def) {
                 Some(v) => {
                     input.insert(name.clone(), v);
                 }
@@ -386,7 +386,7 @@ fn check_request(op: &OpRef, input: &Map<String, Value>, rec: &Recorded) {
 /// updates of one record; something found by every read that lists.
 fn check_output(op: &OpRef, input: &Map<String, Value>, out: &Value) {
     let (id, def) = (op.id(), op.def());
-    if EMPTY_ANSWER.contains(&id.as_str()) {
+    if EMPTY_ANSWER.contains(&id) {
         assert!(out.is_null(), "{id}: expected no output, got {out}");
         return;
     }
@@ -489,12 +489,12 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         .filter(|op| CONNECTORS.contains(&op.connector().connector.as_str()))
         .filter(|op| op.def().kind == OpKind::Action && op.def().native.is_none())
         .collect();
-    let all: BTreeSet<String> = ops.iter().map(OpRef::id).collect();
+    let all: BTreeSet<String> = ops.iter().map(|o| o.id().to_string()).collect();
     ops.sort_by_key(phase);
 
     let mut covered = BTreeSet::new();
     for op in &ops {
-        let id = op.id();
+        let id = op.id().to_string();
         if KNOWN_RUNTIME_BUGS.iter().any(|(bug, _)| *bug == id) {
             covered.insert(id);
             continue;

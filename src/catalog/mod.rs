@@ -6,7 +6,7 @@ pub mod doc;
 pub mod model;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 
@@ -36,6 +36,17 @@ pub struct Connector {
     pub def: ConnectorDef,
     /// `builtin:ghl.yaml` or the path of an override file.
     pub source: String,
+    /// Each operation's `connector.operation` id, made at its first use:
+    /// the engine names an event's operation several times per event.
+    ids: Vec<OnceLock<String>>,
+}
+
+impl Connector {
+    /// A connector declared by `source`.
+    pub fn new(def: ConnectorDef, source: String) -> Connector {
+        let ids = (0..def.operations.len()).map(|_| OnceLock::new()).collect();
+        Connector { def, source, ids }
+    }
 }
 
 /// A resolved reference to one operation.
@@ -47,8 +58,9 @@ pub struct OpRef {
 
 impl OpRef {
     /// `connector.operation`, e.g. `ghl.contacts.create`.
-    pub fn id(&self) -> String {
-        format!("{}.{}", self.connector.def.connector, self.name())
+    pub fn id(&self) -> &str {
+        self.connector.ids[self.index]
+            .get_or_init(|| format!("{}.{}", self.connector.def.connector, self.name()))
     }
 
     /// The operation name without the connector (`contacts.create`).
@@ -105,10 +117,7 @@ impl Catalog {
                 def.operations
                     .insert(op.to_string(), LazyOperation::from_static(json));
             }
-            cat.insert(Connector {
-                def,
-                source: format!("builtin:{name}"),
-            });
+            cat.insert(Connector::new(def, format!("builtin:{name}")));
         }
         cat
     }
@@ -182,7 +191,7 @@ impl Catalog {
 
     /// Every operation id, for suggestions.
     pub fn operation_ids(&self) -> Vec<String> {
-        self.operations().map(|o| o.id()).collect()
+        self.operations().map(|o| o.id().to_string()).collect()
     }
 }
 
@@ -242,10 +251,7 @@ fn read(file: &str, text: &str) -> Result<(Connector, yaml::Node), Vec<Diagnosti
     if !diags.is_empty() {
         return Err(diags);
     }
-    let connector = Connector {
-        def,
-        source: file.to_string(),
-    };
+    let connector = Connector::new(def, file.to_string());
     Ok((connector, root))
 }
 

@@ -207,7 +207,7 @@ impl Runtime {
         for op in catalog.operations() {
             if let Some(p) = &op.def().output {
                 if let Ok(c) = jsonpath::compile(p) {
-                    outputs.insert(op.id(), c);
+                    outputs.insert(op.id().to_string(), c);
                 }
             }
         }
@@ -389,7 +389,7 @@ impl Runtime {
     }
 
     fn extract(&self, op: &OpRef, body: Value) -> Value {
-        match self.outputs.get(&op.id()) {
+        match self.outputs.get(op.id()) {
             Some(p) => p.first(&body).unwrap_or(Value::Null),
             None => body,
         }
@@ -559,7 +559,7 @@ impl Runtime {
             conn.limiter.acquire().await;
             let _slot = conn.slots.acquire().await.expect("semaphore open");
             let result = match &self.transport {
-                Some(t) => match t.answer(&op.id(), prepared) {
+                Some(t) => match t.answer(op.id(), prepared) {
                     Ok(r) => self.response(conn, r.status, &header_map(&r.headers), r.body),
                     Err(error) => Err(error.into()),
                 },
@@ -752,7 +752,7 @@ impl Runtime {
         })?;
         let (status, headers, text) = match &self.transport {
             Some(t) => {
-                let r = t.answer(&op.id(), p)?;
+                let r = t.answer(op.id(), p)?;
                 (r.status, header_map(&r.headers), r.body)
             }
             None => {

@@ -207,7 +207,7 @@ mod tests {
         let def = cat.connector(connector).unwrap();
         delivery(cat, def, body)
             .unwrap()
-            .map(|i| i.map(|(op, p)| (op.id(), p)))
+            .map(|i| i.map(|(op, p)| (op.id().to_string(), p)))
             .collect()
     }
 

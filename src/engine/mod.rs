@@ -69,15 +69,17 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// `steps.<id>` as templates see it.
-    fn to_context(&self) -> Value {
-        serde_json::json!({
-            "output": self.output,
-            "status": self.status.as_str(),
-            "error": self.error.as_ref().map(StepError::to_value),
-            "attempts": self.attempts,
-            "duration_ms": self.duration_ms,
-        })
+    /// `steps.<id>` as templates see it. Built as a template value at once
+    /// (a JSON object first would copy the output twice); keys in the order
+    /// a JSON object had them.
+    fn to_context(&self) -> minijinja::Value {
+        minijinja::context! {
+            attempts => self.attempts,
+            duration_ms => self.duration_ms,
+            error => self.error.as_ref().map(|e| template::to_value(&e.to_value())),
+            output => template::to_value(&self.output),
+            status => self.status.as_str(),
+        }
     }
 }
 
@@ -166,8 +168,7 @@ impl State {
     }
 
     fn record(&mut self, r: &StepRecord) {
-        self.steps
-            .insert(r.id.clone(), template::to_value(&r.to_context()));
+        self.steps.insert(r.id.clone(), r.to_context());
     }
 }
 
@@ -179,11 +180,11 @@ pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSi
     base.insert("vars", template::to_value(&recipe.vars));
     base.insert(
         "run",
-        template::to_value(&serde_json::json!({
-            "id": req.run_id,
-            "recipe": recipe.name,
-            "started_at": req.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        })),
+        minijinja::context! {
+            id => req.run_id,
+            recipe => recipe.name.as_str(),
+            started_at => req.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        },
     );
     let mut state = State {
         base,
@@ -286,7 +287,7 @@ fn exec_step<'a>(
         let start = Instant::now();
         let mut rec = StepRecord {
             id: step.id.clone(),
-            action: step.op.id(),
+            action: step.op.id().to_string(),
             status: StepStatus::Completed,
             input: Value::Null,
             output: Value::Null,
@@ -502,5 +503,46 @@ fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::Template;
+    use serde_json::json;
+
+    #[test]
+    fn a_step_reads_in_templates_as_the_json_object_of_its_record_keys_in_order() {
+        let error = StepError::new(ErrorKind::Conflict, "exists".to_string());
+        let rec = StepRecord {
+            id: "contact".into(),
+            action: "ghl.contacts.create".into(),
+            status: StepStatus::Failed,
+            input: json!({"email": "a@b.c"}),
+            output: json!({"id": "c1", "tags": ["a"]}),
+            error: Some(error.clone()),
+            attempts: 2,
+            duration_ms: 7,
+            rescued_by: None,
+            fallback_of: None,
+        };
+        let ctx = minijinja::context! { s => rec.to_context() };
+        let text = Template::compile("{{ s | tojson }}")
+            .unwrap()
+            .render(&ctx)
+            .unwrap();
+        let expected = json!({
+            "attempts": 2,
+            "duration_ms": 7,
+            "error": error.to_value(),
+            "output": {"id": "c1", "tags": ["a"]},
+            "status": "failed",
+        });
+        // `tojson` spaces its separators; no value here has a space.
+        let compact = text.as_str().unwrap().replace(' ', "");
+        assert_eq!(compact, expected.to_string());
+        let id = Template::compile("{{ s.output.id }}").unwrap();
+        assert_eq!(id.render(&ctx).unwrap(), json!("c1"));
     }
 }

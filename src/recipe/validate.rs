@@ -558,7 +558,7 @@ impl Validator<'_> {
                     .catalog
                     .operations()
                     .filter(|o| o.is_trigger() == want_trigger)
-                    .map(|o| o.id())
+                    .map(|o| o.id().to_string())
                     .collect();
                 let sugg = did_you_mean(&id.value, candidates.iter().map(String::as_str));
                 self.error(

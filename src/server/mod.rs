@@ -127,7 +127,7 @@ async fn hook(
             unmatched += 1;
             continue;
         };
-        let matching = recipes.for_webhook(&op.id(), &connection);
+        let matching = recipes.for_webhook(op.id(), &connection);
         let ev = svc.event_for(&op, &connection, payload, &matching);
         if ev.runs.is_empty() {
             unmatched += 1;

@@ -476,7 +476,7 @@ pub fn load_text(
 pub fn callable_ops(recipe: &ValidRecipe) -> BTreeSet<String> {
     fn add(steps: &[ValidStep], out: &mut BTreeSet<String>) {
         for s in steps {
-            out.insert(s.op.id());
+            out.insert(s.op.id().to_string());
             for f in &s.fallback {
                 add(&f.steps, out);
             }
