@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use super::writer::{self, Job};
+use super::writer::{self, Job, Prune};
 use super::{
     ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store,
     StoreError,
@@ -26,9 +26,6 @@ use crate::secret::Secret;
 
 /// How long a dedupe key is remembered.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Rows pruned per transaction.
-const PRUNE_CHUNK: i64 = 2000;
 
 /// Schema versions, applied in order once each.
 const MIGRATIONS: &[&str] = &[
@@ -204,18 +201,23 @@ impl SqliteStore {
             .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
     }
 
-    /// Runs `sql` (bound to `?1`, and `?2` = the chunk size) until it
-    /// deletes less than a chunk, one short transaction each.
-    async fn delete_in_chunks(&self, sql: &'static str, bound: i64) -> Result<(), StoreError> {
+    /// Has the writer delete chunks of `what` until one comes back short;
+    /// how many rows went in all.
+    async fn prune_chunks(&self, what: Prune) -> Result<u64, StoreError> {
+        let mut total = 0;
         loop {
-            let n = sqlx::query(sql)
-                .bind(bound)
-                .bind(PRUNE_CHUNK)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            if n < PRUNE_CHUNK as u64 {
-                return Ok(());
+            let (reply, rx) = oneshot::channel();
+            self.send(Job::Prune {
+                what: what.clone(),
+                reply,
+            })
+            .await?;
+            let n = rx
+                .await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))?;
+            total += n;
+            if n < writer::PRUNE_CHUNK as u64 {
+                return Ok(total);
             }
         }
     }
@@ -290,15 +292,6 @@ fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<RunSummary, StoreError> {
 macro_rules! run_columns {
     () => {
         "id, recipe, recipe_version, status, event_id, created_at, updated_at, failed_step, error"
-    };
-}
-
-/// Finished runs older than a cutoff (`?1`: the cutoff as an id prefix,
-/// `?2`: in milliseconds). Ids start with their creation time and a run
-/// ends after it began, so the id range bounds the walk to old runs.
-macro_rules! finished_before {
-    () => {
-        "id < ?1 AND status IN ('completed', 'filtered', 'replayed') AND updated_at < ?2"
     };
 }
 
@@ -519,68 +512,14 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let now = now_ms();
             let cutoff = now - age.as_millis() as i64;
-            let cutoff_id = crate::service::id_prefix(cutoff);
-            // In chunks, each its own short transaction: the writer thread
-            // waits for the write lock while one runs, so an hour of old
-            // runs must not hold it for long.
-            let mut pruned = 0u64;
-            loop {
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                let gone = sqlx::query(concat!(
-                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE ",
-                    finished_before!(),
-                    " ORDER BY id LIMIT ?3) RETURNING id, event_id"
-                ))
-                .bind(&cutoff_id)
-                .bind(cutoff)
-                .bind(PRUNE_CHUNK)
-                .fetch_all(&mut *tx)
-                .await?;
-                let column = |name: &str| -> Result<String, StoreError> {
-                    let values = gone
-                        .iter()
-                        .map(|r| r.try_get::<String, _>(name))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(serde_json::to_string(&values).expect("strings serialize"))
-                };
-                sqlx::query("DELETE FROM steps WHERE run_id IN (SELECT value FROM json_each(?1))")
-                    .bind(column("id")?)
-                    .execute(&mut *tx)
-                    .await?;
-                // An event goes with its last run (a replay is a later run
-                // of the same event).
-                sqlx::query("DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1)) AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)")
-                    .bind(column("event_id")?)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                pruned += gone.len() as u64;
-                if gone.len() < PRUNE_CHUNK as usize {
-                    break;
-                }
-            }
-            // Delivery ids grow with time: everything below the first young
-            // one is old, found without scanning the young ones.
-            let young: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM deliveries WHERE received_at >= ?1 ORDER BY id LIMIT 1",
-            )
-            .bind(cutoff)
-            .fetch_optional(&self.pool)
-            .await?;
-            self.delete_in_chunks(
-                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE id < ?1 ORDER BY id LIMIT ?2)",
-                young.unwrap_or(i64::MAX),
-            )
-            .await?;
-            self.delete_in_chunks(
-                "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE expires_at < ?1 LIMIT ?2)",
-                now,
-            )
-            .await?;
-            sqlx::query("DELETE FROM links WHERE expires_at IS NOT NULL AND expires_at < ?")
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
+            let runs = Prune::Runs {
+                cutoff_id: crate::service::id_prefix(cutoff),
+                cutoff,
+            };
+            let pruned = self.prune_chunks(runs).await?;
+            self.prune_chunks(Prune::Deliveries { cutoff }).await?;
+            self.prune_chunks(Prune::Dedupe { now }).await?;
+            self.prune_chunks(Prune::Links { now }).await?;
             Ok(pruned)
         })
     }
@@ -1008,6 +947,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pruning_removes_old_deliveries_and_expired_dedupe_keys_and_links_only() {
+        let s = temp_store().await;
+        let old = Delivery {
+            received_at: Utc::now() - chrono::Duration::hours(2),
+            ..delivery()
+        };
+        s.reject(old).await.unwrap();
+        s.reject(delivery()).await.unwrap();
+        let now = now_ms();
+        sqlx::query("INSERT INTO dedupe (key, expires_at) VALUES ('gone', ?1), ('kept', ?2)")
+            .bind(now - 1)
+            .bind(now + 60_000)
+            .execute(s.pool())
+            .await
+            .unwrap();
+        s.put("ns", "expired", json!(1), Some(Duration::ZERO))
+            .await
+            .unwrap();
+        s.put("ns", "forever", json!(2), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        s.prune(Duration::from_secs(3600)).await.unwrap();
+        let young = s.deliveries(10).await.unwrap();
+        assert_eq!(young.len(), 1);
+        assert!(young[0].received_at > Utc::now() - chrono::Duration::minutes(1));
+        assert_eq!(
+            count(&s, "SELECT COUNT(*) FROM dedupe WHERE key = 'kept'").await,
+            1
+        );
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM dedupe").await, 1);
+        // (`get` hides expired links; pruning removes their rows.)
+        assert_eq!(count(&s, "SELECT COUNT(*) FROM links").await, 1);
+        assert_eq!(s.get("ns", "forever").await.unwrap(), Some(json!(2)));
+    }
+
+    #[tokio::test]
     async fn a_batch_claim_takes_the_oldest_runs_in_order_and_one_run_per_ordering_key() {
         let s = temp_store().await;
         s.ingest(
@@ -1039,7 +1014,7 @@ mod tests {
     #[tokio::test]
     async fn pruning_goes_through_more_runs_than_one_chunk() {
         let s = temp_store().await;
-        let n = PRUNE_CHUNK as usize + 100;
+        let n = writer::PRUNE_CHUNK as usize + 100;
         let evs: Vec<NewEvent> = (0..n)
             .map(|_| {
                 let mut e = event(&crate::service::new_id(), None, None);

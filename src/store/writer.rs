@@ -63,6 +63,11 @@ pub(super) enum Job {
         lease: Duration,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Delete one chunk of what retention removes.
+    Prune {
+        what: Prune,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
     /// End a run.
     Finish {
         run_id: String,
@@ -73,6 +78,27 @@ pub(super) enum Job {
         error: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+}
+
+/// Most rows one [`Job::Prune`] deletes: a chunk is one job of a batch, so
+/// ingests committed with it wait for it; chunks keep that wait short.
+pub(super) const PRUNE_CHUNK: i64 = 500;
+
+/// One chunk of retention (docs/operations.md), as a writer job: pruning
+/// through a second connection made the writer wait for SQLite's lock in
+/// the busy handler, which sleeps in steps of up to 100 ms.
+#[derive(Clone)]
+pub(super) enum Prune {
+    /// Finished runs (not dead letters) made before `cutoff_id` and last
+    /// updated before `cutoff`, with their steps, and each event with its
+    /// last run.
+    Runs { cutoff_id: String, cutoff: i64 },
+    /// Deliveries received before `cutoff`.
+    Deliveries { cutoff: i64 },
+    /// Dedupe keys expired at `now`.
+    Dedupe { now: i64 },
+    /// Links expired at `now` (all of them: links are few).
+    Links { now: i64 },
 }
 
 /// What a job did, sent to its caller only after its transaction committed.
@@ -91,8 +117,12 @@ impl Job {
             (Job::Ingest { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (Job::Claim { reply, .. }, Ok(Done::Claimed(r))) => drop(reply.send(Ok(r))),
             (Job::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
-            (Job::Leases { reply, .. }, Ok(Done::Count(n))) => drop(reply.send(Ok(n))),
-            (Job::Leases { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Job::Leases { reply, .. } | Job::Prune { reply, .. }, Ok(Done::Count(n))) => {
+                drop(reply.send(Ok(n)))
+            }
+            (Job::Leases { reply, .. } | Job::Prune { reply, .. }, Err(e)) => {
+                drop(reply.send(Err(e)))
+            }
             (
                 Job::Versions { reply, .. }
                 | Job::Checkpoint { reply, .. }
@@ -367,6 +397,7 @@ impl<'c> Writer<'c> {
                 super::versions::insert(self.conn, versions)?;
                 Done::Unit
             }
+            Job::Prune { what, .. } => Done::Count(prune(self.conn, what)?),
             Job::Finish {
                 run_id,
                 records,
@@ -593,6 +624,55 @@ fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(c
         .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status IN ('queued', 'running') AND status = 'running' AND lease_until < ?")?
         .execute([now])?)
+}
+
+/// Deletes one chunk of `what`; how many runs (or rows) went.
+fn prune(c: &Connection, what: &Prune) -> Result<u64, StoreError> {
+    match what {
+        Prune::Runs { cutoff_id, cutoff } => {
+            // Ids start with their creation time and a run ends after it
+            // began, so the id range bounds the walk to old runs.
+            let gone = c
+                .prepare_cached(
+                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE id < ?1
+                       AND status IN ('completed', 'filtered', 'replayed') AND updated_at < ?2
+                       ORDER BY id LIMIT ?3) RETURNING id, event_id",
+                )?
+                .query_map(params![cutoff_id, cutoff, PRUNE_CHUNK], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut steps = c.prepare_cached("DELETE FROM steps WHERE run_id = ?1")?;
+            // An event goes with its last run (a replay is a later run of
+            // the same event); `runs_event` makes the check a seek.
+            let mut event = c.prepare_cached(
+                "DELETE FROM events WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM runs WHERE event_id = ?1)",
+            )?;
+            for (run, ev) in &gone {
+                steps.execute([run])?;
+                event.execute([ev])?;
+            }
+            Ok(gone.len() as u64)
+        }
+        Prune::Deliveries { cutoff } => {
+            // Delivery ids grow with time: everything below the first young
+            // one is old, found without scanning the young ones.
+            let young: Option<i64> = c
+                .prepare_cached(
+                    "SELECT id FROM deliveries WHERE received_at >= ?1 ORDER BY id LIMIT 1",
+                )?
+                .query_row([cutoff], |r| r.get(0))
+                .optional()?;
+            Ok(c.prepare_cached("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE id < ?1 ORDER BY id LIMIT ?2)")?
+                .execute(params![young.unwrap_or(i64::MAX), PRUNE_CHUNK])? as u64)
+        }
+        Prune::Dedupe { now } => Ok(c
+            .prepare_cached("DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE expires_at < ?1 LIMIT ?2)")?
+            .execute(params![now, PRUNE_CHUNK])? as u64),
+        Prune::Links { now } => Ok(c
+            .prepare_cached("DELETE FROM links WHERE expires_at IS NOT NULL AND expires_at < ?1")?
+            .execute([now])? as u64),
+    }
 }
 
 /// Extends every lease `owner` holds, or (without a lease) queues its runs again.
