@@ -4,12 +4,11 @@
 
 pub mod verify;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -59,13 +58,28 @@ async fn reject(svc: &Service, connection: &str, status: StatusCode, message: St
     answer(status, json!({"error": message}))
 }
 
+/// What a webhook delivery was answered, once its events are stored.
+/// (Fields in the order `json!` gave them.)
+#[derive(serde::Serialize)]
+struct Accepted {
+    accepted: u32,
+    duplicates: u32,
+    events: u32,
+    runs: u32,
+    unmatched: u32,
+}
+
 async fn hook(
     State(svc): State<Arc<Service>>,
     Path(connection): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    // A list, not a map: no hashing per delivery, and a repeated
+    // parameter is not an error (the first `token` counts).
+    Query(query): Query<Vec<(String, String)>>,
+    request: axum::extract::Request,
 ) -> Response {
+    // The parts, not the `HeaderMap` extractor: that one copies every header.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let Some(conn) = svc.runtime.connection(&connection) else {
         return reject(
             &svc,
@@ -101,8 +115,11 @@ async fn hook(
     if let Err(e) = verify::verify(
         &hook.verify,
         &conn,
-        &headers,
-        query.get("token").map(String::as_str),
+        headers,
+        query
+            .iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.as_str()),
         &body,
     ) {
         return reject(&svc, &connection, StatusCode::UNAUTHORIZED, e.to_string()).await;
@@ -189,10 +206,16 @@ async fn hook(
         }),
     };
     match result {
-        Ok(n) => answer(
-            status,
-            json!({"events": total, "accepted": n.events, "duplicates": n.duplicates, "unmatched": unmatched, "runs": n.runs}),
-        ),
+        Ok(n) => {
+            let accepted = Accepted {
+                accepted: n.events,
+                duplicates: n.duplicates,
+                events: total,
+                runs: n.runs,
+                unmatched,
+            };
+            (status, Json(accepted)).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "could not store a delivery");
             // Not acknowledged: 429 is the one answer every sender retries
