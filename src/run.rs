@@ -103,23 +103,26 @@ pub mod sandbox {
 /// Runs the engine until SIGINT/SIGTERM; the exit code.
 pub fn run(args: RunArgs) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(runtime_threads(args.threads))
+        .worker_threads(runtime_threads(
+            args.threads,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ))
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(run_async(args))
 }
 
-/// The async runtime's threads: `--threads`, or one fewer than the cores.
+/// The async runtime's threads: `--threads` (`flag`), or one fewer than
+/// the `cores`.
 /// The store's writer is a thread of its own that is busy under load; one
 /// runtime thread per core on top of it made the threads take turns on
 /// the cores and cost ~13 % more CPU per event on two cores
 /// (docs/decisions.md).
-fn runtime_threads(flag: usize) -> usize {
+fn runtime_threads(flag: usize, cores: usize) -> usize {
     if flag > 0 {
         return flag;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.saturating_sub(1).max(1)
 }
 
@@ -479,9 +482,11 @@ mod tests {
 
     #[test]
     fn runtime_threads_leave_a_core_to_the_store_writer_unless_given() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(runtime_threads(0), cores.saturating_sub(1).max(1));
-        assert!(runtime_threads(0) >= 1);
-        assert_eq!(runtime_threads(3), 3);
+        assert_eq!(runtime_threads(0, 2), 1);
+        assert_eq!(runtime_threads(0, 8), 7);
+        // One core: the runtime still gets its thread.
+        assert_eq!(runtime_threads(0, 1), 1);
+        assert_eq!(runtime_threads(3, 2), 3);
+        assert_eq!(runtime_threads(1, 8), 1);
     }
 }
