@@ -562,13 +562,18 @@ impl LinkStore for SqliteStore {
         ttl: Option<Duration>,
     ) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            sqlx::query("INSERT INTO links (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")
-                .bind(namespace)
-                .bind(key)
-                .bind(value.to_string())
-                .bind(ttl.map(|t| now_ms() + t.as_millis() as i64))
-                .execute(&self.pool)
-                .await
+            let (reply, rx) = oneshot::channel();
+            let expires_at = ttl.map(|t| now_ms() + t.as_millis() as i64);
+            self.send(Job::Link {
+                namespace: namespace.to_string(),
+                key: key.to_string(),
+                value: Some((value.to_string(), expires_at)),
+                reply,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            rx.await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
@@ -601,12 +606,18 @@ impl LinkStore for SqliteStore {
 
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFut<'a, Result<bool, String>> {
         Box::pin(async move {
-            sqlx::query("DELETE FROM links WHERE namespace = ? AND key = ?")
-                .bind(namespace)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map(|r| r.rows_affected() > 0)
+            let (reply, rx) = oneshot::channel();
+            self.send(Job::Link {
+                namespace: namespace.to_string(),
+                key: key.to_string(),
+                value: None,
+                reply,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            rx.await
+                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+                .map(|n| n > 0)
                 .map_err(|e| e.to_string())
         })
     }
@@ -635,13 +646,13 @@ impl TokenStore for SqliteStore {
 
     fn save<'a>(&'a self, connection: &'a str, tokens: StoredTokens) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            let r = sqlx::query("INSERT INTO tokens (connection, access_token, refresh_token, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT(connection) DO UPDATE SET access_token = excluded.access_token, refresh_token = excluded.refresh_token, expires_at = excluded.expires_at")
-                .bind(connection)
-                .bind(tokens.access_token.expose())
-                .bind(tokens.refresh_token.as_ref().map(|s| s.expose().to_string()))
-                .bind(tokens.expires_at)
-                .execute(&self.pool)
-                .await;
+            let (reply, rx) = oneshot::channel();
+            let job = Job::Tokens {
+                connection: connection.to_string(),
+                tokens,
+                reply,
+            };
+            let r = self.unit(job, rx).await;
             if let Err(e) = r {
                 tracing::error!(connection, error = %e, "could not save refreshed tokens");
             }

@@ -1,7 +1,11 @@
-//! The SQLite store's writer: one OS thread owns the only write connection
-//! and applies every hot-path write (ingests, claims, checkpoints, run ends)
-//! in batched `BEGIN IMMEDIATE` transactions — group commit, so durable
-//! acceptance costs one fsync per batch rather than per event.
+//! The SQLite store's writer: one OS thread owns the engine's write
+//! connection and applies its writes (ingests, claims, checkpoints, run
+//! ends, `store` links, refreshed tokens, retention) in batched
+//! `BEGIN IMMEDIATE` transactions — group commit, so durable acceptance
+//! costs one fsync per batch rather than per event, and no second
+//! connection waits on SQLite's lock. (Migrations run before it starts;
+//! `replay` writes through the pool, as the operations CLI does from its
+//! own process.)
 //!
 //! Why a thread with rusqlite rather than an async driver: SQLite is an
 //! in-process library, and an async driver pays a cross-thread round trip
@@ -15,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::DEDUPE_WINDOW;
 use super::{ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunState, StoreError};
+use crate::connectors::auth::StoredTokens;
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 512;
@@ -61,6 +66,20 @@ pub(super) enum Job {
         run_id: String,
         records: Vec<String>,
         lease: Duration,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Write a `store` connector link, or delete it (`value: None`).
+    Link {
+        namespace: String,
+        key: String,
+        /// The value as JSON text, and when it expires (ms).
+        value: Option<(String, Option<i64>)>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Keep a connection's refreshed OAuth tokens.
+    Tokens {
+        connection: String,
+        tokens: StoredTokens,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Delete one chunk of what retention removes.
@@ -117,16 +136,19 @@ impl Job {
             (Job::Ingest { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (Job::Claim { reply, .. }, Ok(Done::Claimed(r))) => drop(reply.send(Ok(r))),
             (Job::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
-            (Job::Leases { reply, .. } | Job::Prune { reply, .. }, Ok(Done::Count(n))) => {
-                drop(reply.send(Ok(n)))
-            }
-            (Job::Leases { reply, .. } | Job::Prune { reply, .. }, Err(e)) => {
-                drop(reply.send(Err(e)))
-            }
+            (
+                Job::Leases { reply, .. } | Job::Prune { reply, .. } | Job::Link { reply, .. },
+                Ok(Done::Count(n)),
+            ) => drop(reply.send(Ok(n))),
+            (
+                Job::Leases { reply, .. } | Job::Prune { reply, .. } | Job::Link { reply, .. },
+                Err(e),
+            ) => drop(reply.send(Err(e))),
             (
                 Job::Versions { reply, .. }
                 | Job::Checkpoint { reply, .. }
-                | Job::Finish { reply, .. },
+                | Job::Finish { reply, .. }
+                | Job::Tokens { reply, .. },
                 r,
             ) => drop(reply.send(r.map(|_| ()))),
             (_, Ok(_)) => unreachable!("each job has one kind of result"),
@@ -398,6 +420,24 @@ impl<'c> Writer<'c> {
                 Done::Unit
             }
             Job::Prune { what, .. } => Done::Count(prune(self.conn, what)?),
+            Job::Link {
+                namespace,
+                key,
+                value,
+                ..
+            } => Done::Count(link(self.conn, namespace, key, value.as_ref())?),
+            Job::Tokens {
+                connection, tokens, ..
+            } => {
+                self.conn.prepare_cached("INSERT INTO tokens (connection, access_token, refresh_token, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(connection) DO UPDATE SET access_token = excluded.access_token, refresh_token = excluded.refresh_token, expires_at = excluded.expires_at")?
+                    .execute(params![
+                        connection,
+                        tokens.access_token.expose(),
+                        tokens.refresh_token.as_ref().map(|s| s.expose()),
+                        tokens.expires_at
+                    ])?;
+                Done::Unit
+            }
             Job::Finish {
                 run_id,
                 records,
@@ -624,6 +664,24 @@ fn reap(c: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(c
         .prepare_cached("UPDATE runs SET status = 'queued', lease_owner = NULL WHERE status IN ('queued', 'running') AND status = 'running' AND lease_until < ?")?
         .execute([now])?)
+}
+
+/// Writes (or, without a value, deletes) a link; how many rows changed.
+fn link(
+    c: &Connection,
+    namespace: &str,
+    key: &str,
+    value: Option<&(String, Option<i64>)>,
+) -> Result<u64, StoreError> {
+    let n = match value {
+        Some((json, expires_at)) => c
+            .prepare_cached("INSERT INTO links (namespace, key, value, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")?
+            .execute(params![namespace, key, json, expires_at])?,
+        None => c
+            .prepare_cached("DELETE FROM links WHERE namespace = ?1 AND key = ?2")?
+            .execute(params![namespace, key])?,
+    };
+    Ok(n as u64)
 }
 
 /// Deletes one chunk of `what`; how many runs (or rows) went.
