@@ -11,24 +11,14 @@ use patchbay::catalog::{Catalog, RateWindow};
 use patchbay::connections::{FieldValue, ResolvedConnection};
 use patchbay::connectors::native::MemoryStore;
 use patchbay::connectors::Runtime;
-use patchbay::emulator::ghl;
 use patchbay::secret::Secret;
 use serde_json::json;
 
+mod common;
+
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let e = ghl::start(ghl::GhlConfig {
-            rate_limit: None,
-            token: "pit-bench".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::block_on(async {
+        let e = common::ghl().await;
         let id = e.insert_contact(json!({"email": "a@b.c"}));
         let conn = ResolvedConnection {
             name: "ghl-main".into(),

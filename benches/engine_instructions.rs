@@ -133,13 +133,7 @@ async fn instructions(dir: &Path, events: usize, profile: Option<&str>) -> u64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    common::block_on(async {
         let ghl = stub().await;
         let dir = std::env::temp_dir().join(format!("patchbay-instr-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@
 //! `docs/performance.md`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,18 +18,9 @@ use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
 mod common;
-use common::{free_port, TOKEN};
+use common::{free_port, Killed, TOKEN};
 
 const SECONDS: u64 = 15;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const LUA: &str = r#"
 local counter = 0
@@ -238,23 +229,21 @@ async fn fixed_rate(dir: &Path, per_second: u32) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let g = ghl::start(ghl::GhlConfig { token: "pit-bench".into(), rate_limit: None, ..Default::default() }).await.unwrap();
+    common::block_on(async {
+        let g = common::ghl().await;
         let contact = g.insert_contact(serde_json::json!({"email": "bench@example.com"}));
-        let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-load-{}", std::process::id()));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("patchbay-load-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         common::write_folder(&dir, &g.base_url(), &g.config().location_id, &contact);
 
         // The machine's speed moves between runs by more than the
         // differences measured here: forwarder and engine take turns, and
         // each round's ratio compares the two under the same conditions.
-        let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+        let rounds: usize = std::env::var("ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
         let fwd = forwarder(g.base_url(), contact.clone()).await;
         let b = std::env::var("PATCHBAY_BENCH_BIN_B").is_ok();
         let (mut ratios, mut ratios_b) = (Vec::new(), Vec::new());
@@ -273,9 +262,16 @@ fn main() {
         let summary = |ratios: &mut Vec<f64>| {
             ratios.sort_by(f64::total_cmp);
             let each: Vec<_> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-            format!("{} (median {:.2})", each.join(", "), ratios[ratios.len() / 2])
+            format!(
+                "{} (median {:.2})",
+                each.join(", "),
+                ratios[ratios.len() / 2]
+            )
         };
-        println!("single-event engine / forwarder, per round: {}", summary(&mut ratios));
+        println!(
+            "single-event engine / forwarder, per round: {}",
+            summary(&mut ratios)
+        );
         if b {
             println!("build B / forwarder, per round: {}", summary(&mut ratios_b));
         }

@@ -6,32 +6,22 @@
 //! `cargo bench --bench reload`; results go to `docs/performance.md`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use patchbay::emulator::ghl;
 use patchbay::recipe::validate::version_of;
 use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
 mod common;
-use common::free_port;
+use common::{free_port, Killed};
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const RELOADS: usize = 100;
 const LOAD_SECONDS: u64 = 10;
 const SENDERS: usize = 16;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn recipe(i: usize) -> String {
     format!(
@@ -206,21 +196,10 @@ fn spawn_engine(dir: &Path, port: u16, admin: u16) -> Killed {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let g = ghl::start(ghl::GhlConfig {
-            token: "pit-bench".into(),
-            rate_limit: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let dir: PathBuf = std::env::temp_dir().join(format!("patchbay-reload-bench-{}", std::process::id()));
+    common::block_on(async {
+        let g = common::ghl().await;
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("patchbay-reload-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("recipes")).unwrap();
         std::fs::write(dir.join("recipes/bench.yaml"), recipe(0)).unwrap();
@@ -243,7 +222,10 @@ fn main() {
         };
         let start = Instant::now();
         while b.version().await.is_none() {
-            assert!(start.elapsed() < Duration::from_secs(20), "engine did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "engine did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
@@ -253,7 +235,10 @@ fn main() {
             idle.push(b.reload(i).await);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!("save -> serving, idle, default debounce (100 ms): {}", percentiles(idle));
+        println!(
+            "save -> serving, idle, default debounce (100 ms): {}",
+            percentiles(idle)
+        );
 
         // 2. Throughput without reloads.
         let stop = Arc::new(AtomicBool::new(false));

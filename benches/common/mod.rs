@@ -1,5 +1,6 @@
-//! Set-up the engine benchmarks share: a free port, the benchmark's recipe
-//! and connections, and the engine's command line.
+//! Set-up the benchmarks share: their runtime, a free port, a child process
+//! killed with its owner, and the engine benchmarks' recipe, connections and
+//! command line.
 // Each benchmark uses part of this module.
 #![allow(dead_code)]
 
@@ -9,13 +10,34 @@ use std::process::Command;
 /// The SendPulse connection's webhook token.
 pub const TOKEN: &str = "bench-token";
 
-/// A port nothing listens on.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+// The tests' set-up: a free port, a child killed with its owner.
+#[path = "../../tests/common/mod.rs"]
+mod tests_common;
+#[allow(unused_imports)] // each benchmark uses part
+pub use tests_common::{free_port, Killed};
+
+/// Runs a benchmark's `main` on a two-thread runtime, with rustls's
+/// crypto provider installed (reqwest and the emulators need one).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(f)
+}
+
+/// The HighLevel emulator, its rate limit lifted, taking the benchmarks'
+/// token (`pit-bench`, as [`engine`] sets it).
+pub async fn ghl() -> patchbay::emulator::ghl::GhlEmulator {
+    patchbay::emulator::ghl::start(patchbay::emulator::ghl::GhlConfig {
+        token: "pit-bench".into(),
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 /// Writes `recipes/bench.yaml` (a SendPulse subscriber -> `ghl.tags.add`
