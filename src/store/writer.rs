@@ -116,7 +116,7 @@ pub(super) enum Prune {
     Deliveries { cutoff: i64 },
     /// Dedupe keys expired at `now`.
     Dedupe { now: i64 },
-    /// Links expired at `now` (all of them: links are few).
+    /// Links expired at `now`.
     Links { now: i64 },
 }
 
@@ -345,6 +345,9 @@ impl<'c> Writer<'c> {
 
     /// Every job in one transaction.
     fn batch(&mut self, jobs: &[Job], now: i64, reap_now: bool) -> Result<Vec<Done>, BatchError> {
+        // Whatever went wrong before, no transaction is left open to make
+        // every later `BEGIN` fail.
+        self.abandon();
         self.begin
             .execute([])
             .map_err(|e| BatchError::Commit(e.to_string()))?;
@@ -370,6 +373,7 @@ impl<'c> Writer<'c> {
 
     /// One job in its own transaction.
     fn alone(&mut self, job: &Job, now: i64) -> Result<Done, StoreError> {
+        self.abandon();
         self.begin.execute([])?;
         let done = self
             .apply(job, now)
@@ -728,8 +732,8 @@ fn prune(c: &Connection, what: &Prune) -> Result<u64, StoreError> {
             .prepare_cached("DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE expires_at < ?1 LIMIT ?2)")?
             .execute(params![now, PRUNE_CHUNK])? as u64),
         Prune::Links { now } => Ok(c
-            .prepare_cached("DELETE FROM links WHERE expires_at IS NOT NULL AND expires_at < ?1")?
-            .execute([now])? as u64),
+            .prepare_cached("DELETE FROM links WHERE (namespace, key) IN (SELECT namespace, key FROM links WHERE expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)")?
+            .execute(params![now, PRUNE_CHUNK])? as u64),
     }
 }
 
@@ -810,6 +814,48 @@ mod tests {
             .query_row("SELECT status FROM runs WHERE id = 'r1'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(status, "completed");
+    }
+
+    /// An ingest of one event with id `id`, and where its answer arrives.
+    fn ingest(id: &str) -> (Job, oneshot::Receiver<Result<Ingested, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let event = NewEvent {
+            id: id.into(),
+            connection: "sp".into(),
+            operation: "op".into(),
+            payload: serde_json::json!({}),
+            dedupe_key: None,
+            runs: Vec::new(),
+        };
+        let job = Job::Ingest {
+            delivery: None,
+            events: vec![event],
+            cursor: None,
+            claim: None,
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_fails_alone_and_the_writer_goes_on() {
+        let c = writer_conn().await;
+        let mut w = Writer::new(&c).unwrap();
+        let now = super::super::sqlite::now_ms();
+        // The same event id twice: the second insert breaks the events key.
+        let jobs = vec![ingest("e1").0, ingest("e1").0, ingest("e2").0];
+        assert!(matches!(w.batch(&jobs, now, false), Err(BatchError::Job)));
+        assert!(c.is_autocommit(), "the failed batch was rolled back");
+        let alone: Vec<bool> = jobs.iter().map(|j| w.alone(j, now).is_ok()).collect();
+        assert_eq!(alone, [true, false, true]);
+        let events: i64 = c
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 2);
+        // A transaction left open by anything else does not wedge it either.
+        c.execute_batch("BEGIN").unwrap();
+        assert!(w.batch(&[ingest("e3").0], now, false).is_ok());
+        assert!(c.is_autocommit());
     }
 
     #[tokio::test]
