@@ -9,8 +9,8 @@
 //!
 //! Why a thread with rusqlite rather than an async driver: SQLite is an
 //! in-process library, and an async driver pays a cross-thread round trip
-//! per statement; a batch here runs its statements back to back from a
-//! statement cache (docs/decisions.md).
+//! per statement; a batch here runs its statements back to back, compiled
+//! once (docs/decisions.md).
 
 use std::time::Duration;
 
