@@ -98,7 +98,7 @@ enum Command {
         #[arg(long)]
         status: Option<String>,
         /// Store URL.
-        #[arg(long, default_value = "sqlite://patchbay.db")]
+        #[arg(long, default_value = crate::store::DEFAULT_URL)]
         store: String,
         /// JSON output.
         #[arg(long)]
@@ -110,7 +110,7 @@ enum Command {
         #[arg(long)]
         recipe: Option<String>,
         /// Store URL.
-        #[arg(long, default_value = "sqlite://patchbay.db")]
+        #[arg(long, default_value = crate::store::DEFAULT_URL)]
         store: String,
         /// JSON output.
         #[arg(long)]
@@ -122,7 +122,7 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Store URL.
-        #[arg(long, default_value = "sqlite://patchbay.db")]
+        #[arg(long, default_value = crate::store::DEFAULT_URL)]
         store: String,
         /// JSON output.
         #[arg(long)]
@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, default_value = "recipes")]
         recipes: PathBuf,
         /// Store URL.
-        #[arg(long, default_value = "sqlite://patchbay.db")]
+        #[arg(long, default_value = crate::store::DEFAULT_URL)]
         store: String,
     },
     /// Show what a running engine serves: recipe versions, rejected

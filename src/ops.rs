@@ -7,7 +7,6 @@ use std::path::Path;
 use crate::catalog::Catalog;
 use crate::cli::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::recipe::load::load_paths;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{RunFilter, RunState, Store};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -19,9 +18,12 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// The store, or the exit code after saying why it cannot be opened.
-async fn open(store: &str) -> Result<SqliteStore, i32> {
-    SqliteStore::open(store).await.map_err(|e| {
-        eprintln!("error: cannot open the store {store}: {e}");
+async fn open(store: &str) -> Result<std::sync::Arc<dyn Store>, i32> {
+    crate::store::open(store).await.map_err(|e| {
+        eprintln!(
+            "error: cannot open the store {}: {e}",
+            crate::store::redact_url(store)
+        );
         EXIT_USAGE
     })
 }
@@ -41,7 +43,7 @@ pub fn runs(
         };
         match show.as_slice() {
             [] => {}
-            [cmd, id] if cmd == "show" => return show_run(&s, id, json).await,
+            [cmd, id] if cmd == "show" => return show_run(&*s, id, json).await,
             _ => {
                 eprintln!("error: use `patchbay runs` or `patchbay runs show ID`");
                 return EXIT_USAGE;
@@ -104,7 +106,7 @@ pub fn runs(
     })
 }
 
-async fn show_run(s: &SqliteStore, id: &str, json: bool) -> i32 {
+async fn show_run(s: &dyn Store, id: &str, json: bool) -> i32 {
     let detail = match s.run(id).await {
         Ok(Some(d)) => d,
         Ok(None) => {

@@ -17,7 +17,6 @@ use crate::dispatch::Dispatch;
 use crate::emulator::{ghl, sendpulse};
 use crate::reload::{Fixed, Reloader, Sources, Trigger};
 use crate::service::{RecipeSet, Service};
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 /// Arguments of `run`.
@@ -33,7 +32,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub catalog: Option<PathBuf>,
     /// Store URL.
-    #[arg(long, default_value = "sqlite://patchbay.db")]
+    #[arg(long, default_value = crate::store::DEFAULT_URL)]
     pub store: String,
     /// Address of the webhook and health endpoints.
     #[arg(long, default_value = "127.0.0.1:8787")]
@@ -262,10 +261,13 @@ async fn run_async(args: RunArgs) -> i32 {
         eprintln!("error: {e}");
         return EXIT_USAGE;
     }
-    let store: Arc<dyn Store> = match SqliteStore::open(&args.store).await {
-        Ok(s) => Arc::new(s),
+    let store: Arc<dyn Store> = match crate::store::open(&args.store).await {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot open the store {}: {e}", args.store);
+            eprintln!(
+                "error: cannot open the store {}: {e}",
+                crate::store::redact_url(&args.store)
+            );
             return EXIT_USAGE;
         }
     };

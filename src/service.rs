@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
@@ -136,31 +137,7 @@ pub struct Service {
     pub lease: Duration,
 }
 
-/// A new unique id: milliseconds since the epoch, then 48 random bits.
-/// Time first, so rows written together sort together and inserts append
-/// to the same index pages of the store instead of dirtying random ones.
-pub fn new_id() -> String {
-    let mut id = id_prefix(Utc::now().timestamp_millis());
-    push_hex48(&mut id, rand::random::<u64>());
-    id
-}
-
-/// The first half of the ids made at `ms`: every id made earlier sorts
-/// below it.
-pub fn id_prefix(ms: i64) -> String {
-    let mut s = String::with_capacity(24);
-    push_hex48(&mut s, ms as u64);
-    s
-}
-
-/// Appends the low 48 bits as 12 lower-case hex digits (`format!` with
-/// padding was ~2,000 instructions an id, and every event makes several).
-fn push_hex48(s: &mut String, v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..12).rev() {
-        s.push(HEX[((v >> (shift * 4)) & 0xf) as usize] as char);
-    }
-}
+pub use crate::store::id::{id_prefix, new_id};
 
 /// The end of a run that failed outside its steps (`invalid_input`): the
 /// steps it completed before stay as they are.
@@ -315,6 +292,7 @@ impl Service {
             }
             tokio::select! {
                 _ = self.dispatch.work.notified() => {}
+                _ = self.store.woken() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
                 _ = stop.changed() => {}
             }
@@ -322,8 +300,20 @@ impl Service {
     }
 
     /// Keeps every lease of this process alive, executing or waiting.
+    /// Also counts the engines sharing the store, so each takes its share
+    /// of every connection's rate limit.
     async fn heartbeat(self: Arc<Self>, mut pool_done: tokio::sync::oneshot::Receiver<()>) {
         loop {
+            match self
+                .store
+                .live_engines(&self.dispatch.owner, self.lease)
+                .await
+            {
+                Ok(n) => self.runtime.share_rate_limits(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not count the engines sharing the store")
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.lease / 3) => {}
                 _ = &mut pool_done => return,
@@ -428,15 +418,20 @@ impl Service {
     ) {
         let cursor_name = format!("schedule:{}", recipe.name);
         loop {
-            let last = match self.store.cursor(&cursor_name).await {
-                Ok(c) => c
-                    .and_then(|c| c.parse::<i64>().ok())
-                    .and_then(DateTime::<Utc>::from_timestamp_millis),
+            let stored = match self.store.cursor(&cursor_name).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(recipe = %recipe.name, error = %e, "cannot read the schedule cursor");
-                    None
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
                 }
             };
+            let last = stored
+                .as_deref()
+                .and_then(|c| c.parse::<i64>().ok())
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
             let due = next_due(&recipe, last, Utc::now());
             let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
@@ -446,26 +441,34 @@ impl Service {
             if *stop.borrow() {
                 return;
             }
-            let now = Utc::now();
-            let tick = now.timestamp_millis().to_string();
+            // The tick is the time it was due, not when this engine woke:
+            // every engine sharing the store computes the same one, and the
+            // cursor moves from `stored` to it once (compare-and-set), so a
+            // tick fires once per cluster.
+            let tick = due.timestamp_millis().to_string();
             let fired = match &recipe.trigger.kind {
                 TriggerKind::Poll { op, .. } => {
-                    let r = self.poll_once(&recipe, op).await;
-                    // The tick is recorded even when the poll failed, so a
+                    // The tick is taken even when the poll then fails, so a
                     // failing API is retried at the interval, not in a loop.
-                    let _ = self
+                    match self
                         .store
-                        .ingest_with_cursor(&cursor_name, &tick, Vec::new())
-                        .await;
-                    r
+                        .ingest_with_cursor(&cursor_name, stored.as_deref(), &tick, Vec::new())
+                        .await
+                    {
+                        Ok(_) => self.poll_once(&recipe, op).await,
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
-                _ => self
-                    .fire_schedule(&recipe, &cursor_name, now)
-                    .await
-                    .map(|()| 1),
+                _ => {
+                    self.fire_schedule(&recipe, &cursor_name, stored.as_deref(), due)
+                        .await
+                }
             };
             match fired {
                 Ok(runs) => self.dispatch.stored(runs),
+                Err(e) if e.starts_with("store conflict") => {
+                    tracing::debug!(recipe = %recipe.name, "another engine took this tick");
+                }
                 Err(e) => {
                     tracing::warn!(recipe = %recipe.name, error = %e, "trigger firing failed; retrying at the next tick");
                 }
@@ -473,23 +476,22 @@ impl Service {
         }
     }
 
-    /// Enqueues a schedule's event and moves its cursor atomically.
+    /// Enqueues a schedule's event for the tick `due` and moves its cursor
+    /// from `expected` to it, atomically; how many runs were queued.
     async fn fire_schedule(
         &self,
         recipe: &Arc<ValidRecipe>,
         cursor_name: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(), String> {
+        expected: Option<&str>,
+        due: DateTime<Utc>,
+    ) -> Result<usize, String> {
+        let tick = due.timestamp_millis().to_string();
         let ev = NewEvent {
             id: new_id(),
             connection: String::new(),
             operation: "schedule".into(),
-            payload: event::schedule_event(at),
-            dedupe_key: Some(format!(
-                "schedule:{}:{}",
-                recipe.name,
-                at.timestamp_millis()
-            )),
+            payload: event::schedule_event(due),
+            dedupe_key: Some(format!("schedule:{}:{tick}", recipe.name)),
             runs: vec![NewRun {
                 id: new_id(),
                 recipe: recipe.name.clone(),
@@ -498,23 +500,24 @@ impl Service {
             }],
         };
         self.store
-            .ingest_with_cursor(cursor_name, &at.timestamp_millis().to_string(), vec![ev])
+            .ingest_with_cursor(cursor_name, expected, &tick, vec![ev])
             .await
-            .map(|_| ())
+            .map(|n| n.runs as usize)
             .map_err(|e| e.to_string())
     }
 
-    /// One poll: records newer than the cursor become events; the cursor
-    /// moves in the same transaction, so a record is enqueued once. How
-    /// many runs were queued.
+    /// One poll: records past the cursor become events; the cursor moves
+    /// in the same transaction by compare-and-set, so a record is enqueued
+    /// once even when several engines poll. How many runs were queued.
     pub async fn poll_once(&self, recipe: &Arc<ValidRecipe>, op: &OpRef) -> Result<usize, String> {
         let poll = op.def().poll.clone().ok_or("poll trigger without `poll`")?;
         let cursor_name = format!("poll:{}", recipe.name);
-        let cursor = self
+        let stored = self
             .store
             .cursor(&cursor_name)
             .await
             .map_err(|e| e.to_string())?;
+        let cursor = stored.as_deref().map(PollCursor::parse);
         let list = self
             .catalog
             .op(&format!("{}.{}", op.connector().connector, poll.operation))
@@ -529,7 +532,7 @@ impl Service {
         if let Some(c) = &cursor {
             input.insert(
                 poll.cursor_input.clone(),
-                Value::String(format_cursor(c, poll.cursor_format.as_deref())),
+                Value::String(format_cursor(&c.at, poll.cursor_format.as_deref())),
             );
         }
         let out = self
@@ -548,42 +551,106 @@ impl Service {
             },
         };
         let connection = recipe.trigger.connection.clone().unwrap_or_default();
-        let mut newest = cursor.clone();
+        let mut next = cursor.clone().unwrap_or_default();
         let mut events = Vec::new();
         let only = [recipe.clone()];
         for rec in records {
-            let stamp = rec.get(&poll.cursor_field).map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            });
-            let Some(stamp) = stamp else { continue };
+            let Some(stamp) = rec.get(&poll.cursor_field).map(scalar_text) else {
+                continue;
+            };
+            let id = rec.get(&poll.id_field).map(scalar_text).unwrap_or_default();
             // The API filters at its own granularity: drop what was seen.
-            if cursor
-                .as_ref()
-                .is_some_and(|c| stamp.as_str() <= c.as_str())
-            {
+            if cursor.as_ref().is_some_and(|c| c.seen(&stamp, &id)) {
                 continue;
             }
-            if newest.as_ref().is_none_or(|n| stamp > *n) {
-                newest = Some(stamp.clone());
-            }
-            let id = rec
-                .get(&poll.id_field)
-                .map(|v| v.to_string())
-                .unwrap_or_default();
+            next.advance(&stamp, &id);
             let mut ev = self.event_for(op, &connection, event::coerce(op, rec), &only);
             ev.dedupe_key = Some(format!("poll:{}:{stamp}:{id}", recipe.name));
             events.push(ev);
         }
-        let Some(newest) = newest else { return Ok(0) };
+        if events.is_empty() {
+            return Ok(0);
+        }
         let stored = self
             .store
-            .ingest_with_cursor(&cursor_name, &newest, events)
+            .ingest_with_cursor(&cursor_name, stored.as_deref(), &next.to_text(), events)
             .await
             .map_err(|e| e.to_string())?;
         Ok(stored.runs as usize)
     }
+}
+
+/// A string value as it is, any other as JSON text.
+fn scalar_text(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// Where a poll stands: the newest stamp seen and the ids seen at that
+/// stamp. Records of one second share a stamp, and one created in the
+/// same second as the last poll's newest must still count as new: a
+/// stamp alone (`<=`) would drop it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollCursor {
+    /// The newest stamp seen.
+    pub at: String,
+    /// Ids of the records seen at `at`.
+    pub ids: Vec<String>,
+}
+
+impl PollCursor {
+    /// Reads a stored cursor; a bare stamp (stores written before ids were
+    /// kept) has no ids.
+    pub fn parse(text: &str) -> PollCursor {
+        serde_json::from_str(text).unwrap_or_else(|_| PollCursor {
+            at: text.to_string(),
+            ids: Vec::new(),
+        })
+    }
+
+    /// The stored form.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("cursors serialize")
+    }
+
+    /// Whether a record with this stamp and id was seen already.
+    pub fn seen(&self, stamp: &str, id: &str) -> bool {
+        match compare_stamps(stamp, &self.at) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => self.ids.iter().any(|i| i == id),
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// Takes a new record into account.
+    pub fn advance(&mut self, stamp: &str, id: &str) {
+        match compare_stamps(stamp, &self.at) {
+            _ if self.at.is_empty() => {
+                self.at = stamp.to_string();
+                self.ids = vec![id.to_string()];
+            }
+            std::cmp::Ordering::Greater => {
+                self.at = stamp.to_string();
+                self.ids = vec![id.to_string()];
+            }
+            std::cmp::Ordering::Equal => self.ids.push(id.to_string()),
+            std::cmp::Ordering::Less => {}
+        }
+    }
+}
+
+/// Compares two cursor stamps as what they are: numbers as numbers, times
+/// as instants (whatever their offset or precision), anything else as text.
+pub fn compare_stamps(a: &str, b: &str) -> std::cmp::Ordering {
+    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
+        return x.total_cmp(&y);
+    }
+    let time = |s: &str| crate::template::parse_time(&minijinja::Value::from(s));
+    if let (Some(x), Some(y)) = (time(a), time(b)) {
+        return x.cmp(&y);
+    }
+    a.cmp(b)
 }
 
 /// A catalog key template (dedupe, ordering), compiled once per process:
@@ -686,19 +753,6 @@ impl CheckpointSink for StoreSink {
 mod tests {
     use super::*;
     use crate::zone::Zone;
-
-    #[test]
-    fn ids_are_24_hex_digits_with_the_millisecond_first() {
-        assert_eq!(id_prefix(0xab_cdef_0123), "00abcdef0123");
-        let id = new_id();
-        assert_eq!(id.len(), 24);
-        assert!(id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        let now = Utc::now().timestamp_millis();
-        assert!(id[..12] <= *id_prefix(now));
-        assert!(*id_prefix(now - 1) < *id_prefix(now), "earlier sorts first");
-    }
 
     /// A transport that panics: a bug inside a run.
     struct Panics;

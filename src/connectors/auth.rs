@@ -31,12 +31,39 @@ pub struct StoredTokens {
     pub expires_at: Option<i64>,
 }
 
+/// A token refresh run by [`TokenStore::exclusive`]: given the tokens
+/// stored now, the tokens to use and whether to save them.
+pub type Refresh<'a> = Box<
+    dyn FnOnce(Option<StoredTokens>) -> BoxFut<'a, Result<(StoredTokens, bool), StepError>>
+        + Send
+        + 'a,
+>;
+
 /// Where refreshed tokens of connections are kept (the store implements it).
 pub trait TokenStore: Send + Sync {
     /// The last tokens saved for a connection.
     fn load<'a>(&'a self, connection: &'a str) -> BoxFut<'a, Option<StoredTokens>>;
     /// Saves tokens for a connection, replacing earlier ones.
     fn save<'a>(&'a self, connection: &'a str, tokens: StoredTokens) -> BoxFut<'a, ()>;
+    /// Runs `refresh` while no other process refreshes this connection's
+    /// tokens (a rotated refresh token is good for one use), with the
+    /// tokens stored now, and saves what it asks to. A store used by one
+    /// process needs no lock: the connection's auth state already lets one
+    /// request refresh at a time.
+    fn exclusive<'a>(
+        &'a self,
+        connection: &'a str,
+        refresh: Refresh<'a>,
+    ) -> BoxFut<'a, Result<StoredTokens, StepError>> {
+        Box::pin(async move {
+            let stored = self.load(connection).await;
+            let (tokens, save) = refresh(stored).await?;
+            if save {
+                self.save(connection, tokens.clone()).await;
+            }
+            Ok(tokens)
+        })
+    }
 }
 
 /// Expiry margin: a token is renewed this long before it expires.
@@ -103,8 +130,9 @@ impl AuthState {
             Auth::Bearer { token, refresh } => {
                 let stale = cached.take();
                 match (stale, refresh) {
-                    // An expired refreshed token: refresh again.
-                    (Some(old), Some(_)) => self.refresh(cx, old.refresh_token).await?,
+                    // An expired or refused token: refresh, unless another
+                    // process already has (its tokens are in the store).
+                    (Some(old), Some(_)) => self.refresh_once(cx, old).await?,
                     _ => match cx.tokens.load(&cx.conn.name).await {
                         Some(t) => Cached {
                             token: t.access_token,
@@ -188,6 +216,37 @@ impl AuthState {
         tokens_from(&body, None)
     }
 
+    /// Refreshes `old` under the store's lock for this connection: when the
+    /// stored access token is no longer the one that failed, another
+    /// process refreshed it, and that one is used instead.
+    async fn refresh_once(&self, cx: &AuthContext<'_>, old: Cached) -> Result<Cached, StepError> {
+        let refresh: Refresh<'_> = Box::new(move |stored: Option<StoredTokens>| {
+            Box::pin(async move {
+                if let Some(t) = stored.filter(|t| t.access_token != old.token) {
+                    return Ok((t, false));
+                }
+                let fresh = self.refresh(cx, old.refresh_token).await?;
+                let expires_at = fresh.expires_at.map(|e| {
+                    chrono::Utc::now().timestamp()
+                        + e.saturating_duration_since(Instant::now()).as_secs() as i64
+                });
+                let tokens = StoredTokens {
+                    access_token: fresh.token,
+                    refresh_token: fresh.refresh_token,
+                    expires_at,
+                };
+                Ok((tokens, true))
+            }) as BoxFut<'_, _>
+        });
+        let t = cx.tokens.exclusive(&cx.conn.name, refresh).await?;
+        Ok(Cached {
+            token: t.access_token,
+            refresh_token: t.refresh_token,
+            expires_at: t.expires_at.map(unix_to_instant),
+        })
+    }
+
+    /// Asks the token endpoint for new tokens with the refresh token.
     async fn refresh(
         &self,
         cx: &AuthContext<'_>,
@@ -214,22 +273,7 @@ impl AuthState {
         let body = self
             .post_token(cx, &r.token_url, r.encoding, &params)
             .await?;
-        let fresh = tokens_from(&body, Some(refresh_token))?;
-        let expires_at = fresh.expires_at.map(|e| {
-            chrono::Utc::now().timestamp()
-                + e.saturating_duration_since(Instant::now()).as_secs() as i64
-        });
-        cx.tokens
-            .save(
-                &cx.conn.name,
-                StoredTokens {
-                    access_token: fresh.token.clone(),
-                    refresh_token: fresh.refresh_token.clone(),
-                    expires_at,
-                },
-            )
-            .await;
-        Ok(fresh)
+        tokens_from(&body, Some(refresh_token))
     }
 
     async fn post_token(

@@ -178,6 +178,8 @@ pub struct Runtime {
     outputs: HashMap<String, JsonPath>,
     /// When set, requests are recorded here instead of sent.
     dry_run: Option<Mutex<Vec<Prepared>>>,
+    /// Engines sharing each connection's API budget (see [`Self::share_rate_limits`]).
+    engines: std::sync::atomic::AtomicUsize,
 }
 
 /// An attempt's error plus the wait the API asked for.
@@ -224,7 +226,15 @@ impl Runtime {
             tokens,
             outputs,
             dry_run: None,
+            engines: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    /// `engines` engines share every connection's API budget: each sends at
+    /// most its share of every rate-limit window (docs/operations.md).
+    pub fn share_rate_limits(&self, engines: usize) {
+        self.engines
+            .store(engines.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The HTTP client, built on first use.
@@ -556,7 +566,9 @@ impl Runtime {
                 Some(cx) => conn.auth.header(cx).await?,
                 None => None,
             };
-            conn.limiter.acquire().await;
+            conn.limiter
+                .acquire(self.engines.load(std::sync::atomic::Ordering::Relaxed))
+                .await;
             let _slot = conn.slots.acquire().await.expect("semaphore open");
             let result = match &self.transport {
                 Some(t) => match t.answer(op.id(), prepared) {

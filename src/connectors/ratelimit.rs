@@ -41,8 +41,10 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until every window has room, then takes a slot in each.
-    pub async fn acquire(&self) {
+    /// Waits until every window has room for one of `share` engines
+    /// spending the same budget (a window of `max` gives each engine
+    /// `max / share`, at least one), then takes a slot in each.
+    pub async fn acquire(&self, share: usize) {
         loop {
             let wait = {
                 let mut ws = self.windows.lock().expect("limiter lock");
@@ -56,7 +58,7 @@ impl RateLimiter {
                     {
                         w.log.pop_front();
                     }
-                    if w.log.len() >= w.max {
+                    if w.log.len() >= (w.max / share.max(1)).max(1) {
                         let oldest = *w.log.front().expect("full window");
                         wait = wait.max(w.per - now.duration_since(oldest));
                     }
@@ -120,7 +122,7 @@ mod tests {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..60 {
-            l.acquire().await;
+            l.acquire(1).await;
             times.push(start.elapsed());
         }
         for (i, t) in times.iter().enumerate() {
@@ -142,12 +144,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_engine_of_three_spends_a_third_of_each_window() {
+        let l = RateLimiter::new(&[(30, Duration::from_secs(10))]);
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire(3).await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        l.acquire(3).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(9),
+            "the 11th request of a third of 30 waits for the window: {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn server_remaining_slows_us_down() {
         let l = RateLimiter::new(&[(100, Duration::from_secs(10))]);
-        l.acquire().await;
+        l.acquire(1).await;
         l.observe_remaining(0, None);
         let t = Instant::now();
-        l.acquire().await;
+        l.acquire(1).await;
         assert!(t.elapsed() >= Duration::from_secs(9), "{:?}", t.elapsed());
     }
 }

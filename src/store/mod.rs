@@ -1,14 +1,18 @@
 //! The durable store: accepted events, runs with per-step checkpoints,
 //! dedupe keys, the `store` connector's links, OAuth tokens, poll cursors,
 //! rejected deliveries and dead letters. [`Store`] is what the engine needs;
-//! [`sqlite::SqliteStore`] is the embedded implementation. Nothing about a
-//! run lives only in memory: claims are leases in the store, so another
-//! process can take over a crashed one's work.
+//! [`open`] picks the backend from the URL: [`sqlite::SqliteStore`] (one
+//! process, embedded) or [`postgres::PgStore`] (several engines share it).
+//! Nothing about a run lives only in memory: claims are leases in the
+//! store, so another process can take over a crashed one's work.
 
+pub mod id;
+pub mod postgres;
 pub mod sqlite;
 pub mod versions;
 mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,15 +24,19 @@ use crate::connectors::native::LinkStore;
 use crate::engine::{RunReport, StepRecord};
 use versions::RecipeVersions;
 
-/// A store operation failed.
+/// The store URL `patchbay run` and the operations commands use by default.
+pub const DEFAULT_URL: &str = "sqlite://patchbay.db";
+
+/// A store operation failed. No driver types: the engine acts on the kind.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database answered with an error.
-    #[error("store: {0}")]
-    Db(#[from] sqlx::Error),
-    /// The embedded database's writer answered with an error.
-    #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database cannot be reached (down, refused, pool closed).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Another writer changed the row first (a cursor moved by another
+    /// engine, a unique key taken).
+    #[error("store conflict: {0}")]
+    Conflict(String),
     /// A value in the store does not parse.
     #[error("store: corrupt value in {what}: {detail}")]
     Corrupt {
@@ -37,9 +45,63 @@ pub enum StoreError {
         /// Why.
         detail: String,
     },
+    /// The database answered with another error.
+    #[error("store: {0}")]
+    Backend(String),
     /// The store URL is not one patchbay knows.
-    #[error("store URL `{0}` is not supported: use `sqlite://FILE` (a file: an in-memory store would lose accepted events)")]
+    #[error("store URL `{0}` is not supported: use `sqlite://FILE` (one engine) or `postgres://USER@HOST/DB` (several engines); an in-memory store would lose accepted events")]
     Url(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(d.to_string())
+            }
+            e => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The writer of a store is gone (the process is shutting down).
+pub(crate) fn closed() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
+}
+
+/// Opens the store at `url`, choosing the backend by its scheme
+/// (`sqlite://FILE`, `postgres://…` or `postgresql://…`), migrated.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Url(redact_url(url)))
+    }
+}
+
+/// A store URL with its password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 /// A run to create with its event.
@@ -271,13 +333,33 @@ pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
     fn prune(&self, age: Duration) -> BoxFut<'_, Result<u64, StoreError>>;
     /// A poll or schedule cursor.
     fn cursor<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<Option<String>, StoreError>>;
-    /// Stores events and moves a cursor in one transaction.
+    /// Stores events and moves a cursor in one transaction, if the cursor
+    /// still holds `expected` (compare-and-set: `None` means unset); when
+    /// another engine moved it first, nothing is stored and the answer is
+    /// [`StoreError::Conflict`].
     fn ingest_with_cursor<'a>(
         &'a self,
         name: &'a str,
+        expected: Option<&'a str>,
         value: &'a str,
         events: Vec<NewEvent>,
     ) -> BoxFut<'a, Result<Ingested, StoreError>>;
     /// Whether the store answers.
     fn ping(&self) -> BoxFut<'_, bool>;
+    /// Ends when another engine may have stored runs (PostgreSQL's
+    /// LISTEN/NOTIFY); never, for a store only one process uses.
+    fn woken(&self) -> BoxFut<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+    /// Records `owner` as alive for `ttl` and answers how many engines are
+    /// (this one included): each engine takes its share of an API's rate
+    /// limit. One, for a store only one process uses.
+    fn live_engines<'a>(
+        &'a self,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<usize, StoreError>> {
+        let _ = (owner, ttl);
+        Box::pin(async { Ok(1) })
+    }
 }

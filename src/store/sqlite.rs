@@ -163,17 +163,16 @@ impl SqliteStore {
     ) -> Result<BoxFut<'static, Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Versions { versions, reply }).await?;
-        Ok(Box::pin(async move {
-            rx.await
-                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
-        }))
+        Ok(Box::pin(
+            async move { rx.await.unwrap_or(Err(super::closed())) },
+        ))
     }
 
     async fn submit(
         &self,
         delivery: Option<Delivery>,
         events: Vec<NewEvent>,
-        cursor: Option<(String, String)>,
+        cursor: Option<writer::Cursor>,
         claim: Option<ClaimFor>,
     ) -> Result<Ingested, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -185,8 +184,7 @@ impl SqliteStore {
             reply,
         })
         .await?;
-        rx.await
-            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+        rx.await.unwrap_or(Err(super::closed()))
     }
 
     async fn leases(&self, owner: &str, lease: Option<Duration>) -> Result<u64, StoreError> {
@@ -197,8 +195,7 @@ impl SqliteStore {
             reply,
         })
         .await?;
-        rx.await
-            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+        rx.await.unwrap_or(Err(super::closed()))
     }
 
     /// Has the writer delete chunks of `what` until one comes back short;
@@ -212,9 +209,7 @@ impl SqliteStore {
                 reply,
             })
             .await?;
-            let n = rx
-                .await
-                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))?;
+            let n = rx.await.unwrap_or(Err(super::closed()))?;
             total += n;
             if n < writer::PRUNE_CHUNK as u64 {
                 return Ok(total);
@@ -223,10 +218,7 @@ impl SqliteStore {
     }
 
     async fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.writer
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))
+        self.writer.send(job).await.map_err(|_| super::closed())
     }
 
     async fn unit(
@@ -235,8 +227,7 @@ impl SqliteStore {
         rx: oneshot::Receiver<Result<(), StoreError>>,
     ) -> Result<(), StoreError> {
         self.send(job).await?;
-        rx.await
-            .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+        rx.await.unwrap_or(Err(super::closed()))
     }
 }
 
@@ -328,8 +319,7 @@ impl Store for SqliteStore {
                 reply,
             })
             .await?;
-            rx.await
-                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+            rx.await.unwrap_or(Err(super::closed()))
         })
     }
 
@@ -463,7 +453,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(None) };
-            let new_id = crate::service::new_id();
+            let new_id = crate::store::id::new_id();
             let now = now_ms();
             let event_id: String = row.try_get("event_id")?;
             let recipe: String = row.try_get("recipe")?;
@@ -513,7 +503,7 @@ impl Store for SqliteStore {
             let now = now_ms();
             let cutoff = now - age.as_millis() as i64;
             let runs = Prune::Runs {
-                cutoff_id: crate::service::id_prefix(cutoff),
+                cutoff_id: super::id::id_prefix(cutoff),
                 cutoff,
             };
             let pruned = self.prune_chunks(runs).await?;
@@ -537,13 +527,18 @@ impl Store for SqliteStore {
     fn ingest_with_cursor<'a>(
         &'a self,
         name: &'a str,
+        expected: Option<&'a str>,
         value: &'a str,
         events: Vec<NewEvent>,
     ) -> BoxFut<'a, Result<Ingested, StoreError>> {
         Box::pin(self.submit(
             None,
             events,
-            Some((name.to_string(), value.to_string())),
+            Some((
+                name.to_string(),
+                expected.map(str::to_string),
+                value.to_string(),
+            )),
             None,
         ))
     }
@@ -573,7 +568,7 @@ impl LinkStore for SqliteStore {
             .await
             .map_err(|e| e.to_string())?;
             rx.await
-                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+                .unwrap_or(Err(super::closed()))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
@@ -616,7 +611,7 @@ impl LinkStore for SqliteStore {
             .await
             .map_err(|e| e.to_string())?;
             rx.await
-                .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolClosed)))
+                .unwrap_or(Err(super::closed()))
                 .map(|n| n > 0)
                 .map_err(|e| e.to_string())
         })
@@ -685,7 +680,7 @@ mod tests {
     /// A store in a fresh file under the temp directory.
     async fn temp_store() -> SqliteStore {
         let path =
-            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::service::new_id()));
+            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::store::id::new_id()));
         SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap()
@@ -909,8 +904,8 @@ mod tests {
         // Real (time-ordered) ids: pruning walks the id range.
         let evs: Vec<NewEvent> = (0..3)
             .map(|_| {
-                let mut e = event(&crate::service::new_id(), None, None);
-                e.runs[0].id = crate::service::new_id();
+                let mut e = event(&crate::store::id::new_id(), None, None);
+                e.runs[0].id = crate::store::id::new_id();
                 e
             })
             .collect();
@@ -1028,8 +1023,8 @@ mod tests {
         let n = writer::PRUNE_CHUNK as usize + 100;
         let evs: Vec<NewEvent> = (0..n)
             .map(|_| {
-                let mut e = event(&crate::service::new_id(), None, None);
-                e.runs[0].id = crate::service::new_id();
+                let mut e = event(&crate::store::id::new_id(), None, None);
+                e.runs[0].id = crate::store::id::new_id();
                 e
             })
             .collect();
@@ -1051,7 +1046,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_of_schema_3_is_migrated_with_its_runs_and_keeps_their_order() {
         let path =
-            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::service::new_id()));
+            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::store::id::new_id()));
         let url = format!("sqlite://{}", path.display());
         {
             // The schema as version 3 left it, with one queued run.

@@ -32,13 +32,17 @@ const COMMIT_DELAY: Duration = Duration::from_micros(300);
 /// run, so claims do not do it too).
 pub(super) const REAP_EVERY_MS: i64 = 500;
 
+/// A cursor move: name, the value it must still hold (`None`: unset), new value.
+pub(super) type Cursor = (String, Option<String>, String);
+
 /// A write for the writer thread.
 pub(super) enum Job {
     /// Accept events (and record the delivery, move a cursor).
     Ingest {
         delivery: Option<Delivery>,
         events: Vec<NewEvent>,
-        cursor: Option<(String, String)>,
+        /// A cursor to move: its name, the value it must still hold, its new value.
+        cursor: Option<Cursor>,
         claim: Option<ClaimFor>,
         reply: oneshot::Sender<Result<Ingested, StoreError>>,
     },
@@ -158,10 +162,7 @@ impl Job {
 
 /// A write error as every job of a failed batch reports it.
 fn write_error(msg: &str) -> StoreError {
-    StoreError::Corrupt {
-        what: "write",
-        detail: msg.to_string(),
-    }
+    StoreError::Backend(msg.to_string())
 }
 
 /// Opens the write connection (`synchronous=FULL`: accepted events must
@@ -467,10 +468,22 @@ impl<'c> Writer<'c> {
         &mut self,
         delivery: Option<&Delivery>,
         events: &[NewEvent],
-        cursor: Option<&(String, String)>,
+        cursor: Option<&Cursor>,
         claim: Option<&ClaimFor>,
         now: i64,
     ) -> Result<Ingested, StoreError> {
+        if let Some((name, expected, _)) = cursor {
+            let current: Option<String> = self
+                .conn
+                .prepare_cached("SELECT value FROM cursors WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            if current != *expected {
+                return Err(StoreError::Conflict(format!(
+                    "cursor `{name}` was moved by another writer"
+                )));
+            }
+        }
         let mut n = Ingested::default();
         for ev in events {
             if let Some(key) = &ev.dedupe_key {
@@ -549,7 +562,7 @@ impl<'c> Writer<'c> {
                 d.received_at.timestamp_millis()
             ])?;
         }
-        if let Some((name, value)) = cursor {
+        if let Some((name, _, value)) = cursor {
             self.conn.prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
                 .execute(params![name, value])?;
         }
@@ -783,7 +796,7 @@ mod tests {
     /// A migrated store file and the writer's connection to it.
     async fn writer_conn() -> Connection {
         let path =
-            std::env::temp_dir().join(format!("patchbay-writer-{}.db", crate::service::new_id()));
+            std::env::temp_dir().join(format!("patchbay-writer-{}.db", crate::store::id::new_id()));
         super::super::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use patchbay::store::sqlite::SqliteStore;
-use patchbay::store::{RunFilter, RunSummary, Store};
+use patchbay::store::{RunFilter, RunSummary};
 
 /// How long a test waits for runs before it fails.
 pub const RUNS_DEADLINE: Duration = Duration::from_secs(60);
@@ -71,9 +70,16 @@ pub async fn wait_for_runs(
     check: impl Fn(&[RunSummary]) -> Result<(), String>,
     context: impl Fn() -> String,
 ) -> Vec<RunSummary> {
-    let store = SqliteStore::open(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    wait_for_runs_at(&format!("sqlite://{}", db.display()), check, context).await
+}
+
+/// [`wait_for_runs`] for a store given by URL (PostgreSQL, say).
+pub async fn wait_for_runs_at(
+    url: &str,
+    check: impl Fn(&[RunSummary]) -> Result<(), String>,
+    context: impl Fn() -> String,
+) -> Vec<RunSummary> {
+    let store = patchbay::store::open(url).await.unwrap();
     let start = Instant::now();
     loop {
         let runs = store
@@ -88,5 +94,71 @@ pub async fn wait_for_runs(
             Err(waiting) => assert!(start.elapsed() < RUNS_DEADLINE, "{waiting}\n{}", context()),
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The PostgreSQL server tests use (the machine's, trust auth); a test
+/// database is made on it per test.
+pub fn postgres_admin_url() -> String {
+    std::env::var("PATCHBAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database, dropped (with its connections) when the
+/// test ends.
+pub struct PgDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    /// Creates `patchbay_t_<id>` on [`postgres_admin_url`].
+    pub async fn new() -> PgDb {
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let name = format!("patchbay_t_{}", patchbay::store::id::new_id());
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL answers on 127.0.0.1:5432 (PATCHBAY_TEST_POSTGRES)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').unwrap().0;
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// The URL with at most `n` connections per engine.
+    pub fn url_with_pool(&self, n: u32) -> String {
+        format!("{}?pool_size={n}", self.url)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Its own thread and runtime: a drop cannot await, and may run
+        // inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut c)
+                        .await;
+                    }
+                })
+        })
+        .join();
     }
 }
