@@ -432,7 +432,16 @@ impl Service {
                 .as_deref()
                 .and_then(|c| c.parse::<i64>().ok())
                 .and_then(DateTime::<Utc>::from_timestamp_millis);
-            let due = next_due(&recipe, last, Utc::now());
+            let now = Utc::now();
+            let mut due = next_due(&recipe, last, now);
+            // Overdue (every engine was down): the missed ticks fire once,
+            // as the latest of them.
+            for _ in 0..10_000 {
+                match next_due(&recipe, Some(due), now) {
+                    next if next <= now => due = next,
+                    _ => break,
+                }
+            }
             let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
