@@ -18,76 +18,9 @@ use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
 mod common;
-use common::{free_port, Killed, TOKEN};
+use common::{free_port, peak_rss_mb, wrk, Killed, TOKEN};
 
-const SECONDS: u64 = 15;
-
-const LUA: &str = r#"
-local counter = 0
-local threads = {}
-function setup(thread)
-  thread:set("id", counter)
-  counter = counter + 1
-end
-function init(args)
-  n = 0
-  per = tonumber(os.getenv("PER_DELIVERY") or "1")
-end
-function request()
-  local items = {}
-  for i = 1, per do
-    n = n + 1
-    items[i] = '{"event":"new_emails","book_id":"7","email":"t' .. id .. '-' .. n .. '@example.com","timestamp":"' .. os.time() .. '"}'
-  end
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, "[" .. table.concat(items, ",") .. "]")
-end
-"#;
-
-/// wrk's requests/s and the 50th and 99th latency percentiles.
-fn wrk(url: &str, connections: u32, per_delivery: u32, dir: &Path) -> (f64, String, String) {
-    let script = dir.join("load.lua");
-    std::fs::write(&script, LUA).unwrap();
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{SECONDS}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(url)
-        .env("PER_DELIVERY", per_delivery.to_string())
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .map(|v| v.trim().parse().unwrap_or(0.0))
-        .unwrap_or(0.0);
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(p))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_string()
-    };
-    if text.contains("Non-2xx") {
-        eprintln!("wrk saw errors:\n{text}");
-    }
-    (rps, pct("50%"), pct("99%"))
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+use common::SECONDS;
 
 async fn queued(store: &SqliteStore) -> usize {
     store
@@ -143,7 +76,7 @@ async fn engine_case(
     g.control().clear_requests();
     let url = format!("http://127.0.0.1:{port}/hooks/sendpulse-main?token={TOKEN}");
     let start = Instant::now();
-    let (rps, p50, p99) = wrk(&url, connections, per_delivery, dir);
+    let (rps, p50, p99) = wrk(&url, connections, per_delivery, dir, "");
     let load_secs = start.elapsed().as_secs_f64();
     let actions_during = g.requests().len();
     let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
@@ -248,7 +181,7 @@ fn main() {
         let b = std::env::var("PATCHBAY_BENCH_BIN_B").is_ok();
         let (mut ratios, mut ratios_b) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let (rps, p50, p99) = wrk(&format!("http://127.0.0.1:{fwd}/hooks/x"), 32, 1, &dir);
+            let (rps, p50, p99) = wrk(&format!("http://127.0.0.1:{fwd}/hooks/x"), 32, 1, &dir, "");
             println!("round {round}: forwarder (axum -> reqwest, no store), 1 event/delivery, 32 connections: {rps:.0} requests/s (p50 {p50}, p99 {p99})");
             g.control().clear_requests();
             ratios.push(engine_case(&dir, &g, 1, 32, "PATCHBAY_BENCH_BIN").await / rps);

@@ -7,12 +7,15 @@
 use std::path::Path;
 use std::process::Command;
 
+/// Seconds of load per wrk run.
+pub const SECONDS: u64 = 15;
+
 /// The SendPulse connection's webhook token.
 pub const TOKEN: &str = "bench-token";
 
 // The tests' set-up: a free port, a child killed with its owner.
 #[path = "../../tests/common/mod.rs"]
-mod tests_common;
+pub mod tests_common;
 #[allow(unused_imports)] // each benchmark uses part
 pub use tests_common::{free_port, Killed};
 
@@ -85,4 +88,85 @@ pub fn engine(mut cmd: Command, dir: &Path, port: u16, store: &str) -> Command {
 /// checkout's release build.
 pub fn engine_bin(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| env!("CARGO_BIN_EXE_patchbay").to_string())
+}
+
+/// wrk's script: each request a delivery of `PER_DELIVERY` new subscribers
+/// with addresses unique per thread.
+const LUA: &str = r#"
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  n = 0
+  per = tonumber(os.getenv("PER_DELIVERY") or "1")
+  prefix = os.getenv("PREFIX") or ""
+end
+function request()
+  local items = {}
+  for i = 1, per do
+    n = n + 1
+    items[i] = '{"event":"new_emails","book_id":"7","email":"' .. prefix .. 't' .. id .. '-' .. n .. '@example.com","timestamp":"' .. os.time() .. '"}'
+  end
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, "[" .. table.concat(items, ",") .. "]")
+end
+"#;
+
+/// wrk's requests/s and the 50th and 99th latency percentiles of
+/// [`SECONDS`] of load on `url` over `connections` connections, each
+/// request a SendPulse delivery of `per_delivery` new subscribers.
+/// `prefix` starts every address (two wrk runs at once must not send the
+/// same events).
+pub fn wrk(
+    url: &str,
+    connections: u32,
+    per_delivery: u32,
+    dir: &Path,
+    prefix: &str,
+) -> (f64, String, String) {
+    let script = dir.join(format!("load{prefix}.lua"));
+    std::fs::write(&script, LUA).unwrap();
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{SECONDS}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .env("PER_DELIVERY", per_delivery.to_string())
+        .env("PREFIX", prefix)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse().unwrap_or(0.0))
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    if text.contains("Non-2xx") {
+        eprintln!("wrk saw errors:\n{text}");
+    }
+    (rps, pct("50%"), pct("99%"))
+}
+
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
