@@ -20,7 +20,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
 mod common;
@@ -42,7 +41,7 @@ async fn stub() -> String {
     url
 }
 
-async fn count(store: &SqliteStore, status: RunState) -> usize {
+async fn count(store: &dyn Store, status: RunState) -> usize {
     store
         .runs(RunFilter {
             status: Some(status),
@@ -110,10 +109,10 @@ async fn instructions(dir: &Path, events: usize, profile: Option<&str>) -> u64 {
     for s in senders {
         s.await.unwrap();
     }
-    let store = SqliteStore::open(&format!("sqlite://{}", db.display()))
+    let store = patchbay::store::open(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    while count(&store, RunState::Completed).await < events {
+    while count(&*store, RunState::Completed).await < events {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = Command::new("kill")

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay::emulator::ghl;
-use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, Store};
 
 mod common;
@@ -22,7 +21,7 @@ use common::{free_port, peak_rss_mb, wrk, Killed, TOKEN};
 
 use common::SECONDS;
 
-async fn queued(store: &SqliteStore) -> usize {
+async fn queued(store: &dyn Store) -> usize {
     store
         .runs(RunFilter {
             status: Some(RunState::Queued),
@@ -79,12 +78,12 @@ async fn engine_case(
     let (rps, p50, p99) = wrk(&url, connections, per_delivery, dir, "");
     let load_secs = start.elapsed().as_secs_f64();
     let actions_during = g.requests().len();
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+    let store = patchbay::store::open(&format!("sqlite://{}", dir.join("store.db").display()))
         .await
         .unwrap();
-    let backlog = queued(&store).await;
+    let backlog = queued(&*store).await;
     // Drain: how long until every accepted event has run.
-    while queued(&store).await > 0 {
+    while queued(&*store).await > 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let total_secs = start.elapsed().as_secs_f64();

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay::recipe::validate::version_of;
-use patchbay::store::sqlite::SqliteStore;
-use patchbay::store::{RunFilter, RunState, Store};
+use patchbay::store::{RunFilter, RunState};
 
 mod common;
 use common::{free_port, Killed};
@@ -125,7 +124,7 @@ impl Bench {
 /// Waits until no run is queued or running, so every phase starts without
 /// a backlog competing with acceptance for the store's writer.
 async fn drain(dir: &Path) {
-    let store = SqliteStore::open(&format!("sqlite://{}", dir.join("store.db").display()))
+    let store = patchbay::store::open(&format!("sqlite://{}", dir.join("store.db").display()))
         .await
         .unwrap();
     loop {

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod emulator;
 pub mod engine;
 pub mod fire;
+pub mod id;
 pub mod jsonpath;
 pub mod ops;
 pub mod recipe;

@@ -137,7 +137,7 @@ pub struct Service {
     pub lease: Duration,
 }
 
-pub use crate::store::id::{id_prefix, new_id};
+pub use crate::id::{id_prefix, new_id, EventId, RunId};
 
 /// The end of a run that failed outside its steps (`invalid_input`): the
 /// steps it completed before stay as they are.
@@ -199,7 +199,7 @@ impl Service {
             };
             if ok {
                 runs.push(NewRun {
-                    id: new_id(),
+                    id: RunId::new(),
                     recipe: r.name.clone(),
                     recipe_version: r.version.clone(),
                     ordering_key: ordering_key.clone(),
@@ -207,7 +207,7 @@ impl Service {
             }
         }
         NewEvent {
-            id: new_id(),
+            id: EventId::new(),
             connection: connection.to_string(),
             operation: op.id().to_string(),
             payload,
@@ -496,13 +496,13 @@ impl Service {
     ) -> Result<usize, String> {
         let tick = due.timestamp_millis().to_string();
         let ev = NewEvent {
-            id: new_id(),
+            id: EventId::new(),
             connection: String::new(),
             operation: "schedule".into(),
             payload: event::schedule_event(due),
             dedupe_key: Some(format!("schedule:{}:{tick}", recipe.name)),
             runs: vec![NewRun {
-                id: new_id(),
+                id: RunId::new(),
                 recipe: recipe.name.clone(),
                 recipe_version: recipe.version.clone(),
                 ordering_key: None,
@@ -786,11 +786,9 @@ mod tests {
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
         let version = loaded.recipes[0].version.clone();
         let path = std::env::temp_dir().join(format!("patchbay-panic-{}.db", new_id()));
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap(),
-        );
+        let store = crate::store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
         let conns = vec![crate::connections::ResolvedConnection::from_values(
             "ghl-main",
             "ghl",
@@ -808,13 +806,13 @@ mod tests {
             lease: DEFAULT_LEASE,
         };
         let event = NewEvent {
-            id: new_id(),
+            id: EventId::new(),
             connection: "sendpulse-main".into(),
             operation: "sendpulse.subscriber.added".into(),
             payload: serde_json::json!({"email": "a@example.com"}),
             dedupe_key: None,
             runs: vec![NewRun {
-                id: new_id(),
+                id: RunId::new(),
                 recipe: "r".into(),
                 recipe_version: version,
                 ordering_key: None,

@@ -13,8 +13,7 @@ use patchbay::connectors::Runtime;
 use patchbay::emulator::{ghl, sendpulse};
 use patchbay::recipe::load::load_texts;
 use patchbay::service::{RecipeSet, Service};
-use patchbay::store::sqlite::SqliteStore;
-use patchbay::store::{RunFilter, RunState, Store};
+use patchbay::store::{RunFilter, RunState};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -127,11 +126,9 @@ async fn start(
         .collect();
     let loaded = load_texts(&texts, &catalog, None);
     assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap(),
-    );
+    let store = patchbay::store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
     let runtime = Runtime::new(catalog.clone(), conns.clone(), store.clone(), store.clone());
     let svc = Arc::new(Service {
         store,

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use patchbay::emulator::ghl;
 use patchbay::recipe::validate::version_of;
-use patchbay::store::sqlite::SqliteStore;
 use patchbay::store::{RunFilter, RunState, RunSummary, Store};
 use serde_json::{json, Value};
 
@@ -194,8 +193,8 @@ impl Engine {
             .as_u16()
     }
 
-    async fn store(&self) -> SqliteStore {
-        SqliteStore::open(&format!("sqlite://{}", self.dir.join("store.db").display()))
+    async fn store(&self) -> Arc<dyn Store> {
+        patchbay::store::open(&format!("sqlite://{}", self.dir.join("store.db").display()))
             .await
             .unwrap()
     }
@@ -893,7 +892,7 @@ async fn soak_200_changes_while_events_stream() {
         .map(|(e, lo, hi)| (e.as_str(), (*lo, *hi)))
         .collect();
     for run in &runs {
-        let email = &emails_by_run[&run.event_id];
+        let email = &emails_by_run[run.event_id.as_str()];
         // The version recorded is one that was serving while it was accepted.
         let (lo, hi) = window[email.as_str()];
         let idx = index_by_version[&run.recipe_version];

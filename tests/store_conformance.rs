@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::Utc;
 use patchbay::connectors::auth::{Refresh, StoredTokens};
 use patchbay::engine::{RunReport, RunStatus, StepRecord, StepStatus};
+use patchbay::id::{EventId, RunId};
 use patchbay::secret::Secret;
-use patchbay::store::id::new_id;
 use patchbay::store::versions::StoredVersion;
 use patchbay::store::{
     ClaimFor, ClaimedRun, Delivery, NewEvent, NewRun, RunFilter, RunState, Store, StoreError,
@@ -22,7 +22,7 @@ mod common;
 const LEASE: Duration = Duration::from_secs(30);
 
 fn event(key: Option<&str>, ordering: Option<&str>) -> NewEvent {
-    let id = new_id();
+    let id = EventId::new();
     NewEvent {
         id: id.clone(),
         connection: "sp".into(),
@@ -30,7 +30,7 @@ fn event(key: Option<&str>, ordering: Option<&str>) -> NewEvent {
         payload: json!({"email": format!("{id}@example.com")}),
         dedupe_key: key.map(str::to_string),
         runs: vec![NewRun {
-            id: new_id(),
+            id: RunId::new(),
             recipe: "r".into(),
             recipe_version: "v1".into(),
             ordering_key: ordering.map(str::to_string),
@@ -100,8 +100,8 @@ async fn duplicates_are_skipped_and_runs_are_claimed_in_arrival_order(s: Arc<dyn
     assert_eq!((twice.events, twice.duplicates), (1, 1));
     let runs = all_runs(&*s).await;
     assert_eq!(runs.len(), 4);
-    let oldest_first: Vec<String> = runs.iter().rev().map(|r| r.id.clone()).collect();
-    let claimed: Vec<String> = s
+    let oldest_first: Vec<RunId> = runs.iter().rev().map(|r| r.id.clone()).collect();
+    let claimed: Vec<RunId> = s
         .claim("w", LEASE, 10)
         .await
         .unwrap()
@@ -123,11 +123,11 @@ async fn one_run_per_ordering_key_is_open_at_a_time(s: Arc<dyn Store>) {
         event(None, Some("contact-1")),
         event(None, Some("contact-2")),
     ];
-    let ids: Vec<String> = events.iter().map(|e| e.runs[0].id.clone()).collect();
+    let ids: Vec<RunId> = events.iter().map(|e| e.runs[0].id.clone()).collect();
     let n = s.ingest(delivery(3), events, Some(claim)).await.unwrap();
     let mut taken: Vec<ClaimedRun> = n.claimed;
     taken.extend(s.claim("b", LEASE, 10).await.unwrap());
-    let mut got: Vec<String> = taken.iter().map(|r| r.id.clone()).collect();
+    let mut got: Vec<RunId> = taken.iter().map(|r| r.id.clone()).collect();
     got.sort();
     let mut want = vec![ids[0].clone(), ids[2].clone()];
     want.sort();
@@ -406,7 +406,7 @@ async fn runs_are_listed_by_recipe_and_state(s: Arc<dyn Store>) {
 // ---- the backends ----
 
 async fn sqlite() -> Arc<dyn Store> {
-    let path = std::env::temp_dir().join(format!("patchbay-conformance-{}.db", new_id()));
+    let path = std::env::temp_dir().join(format!("patchbay-conformance-{}.db", RunId::new()));
     patchbay::store::open(&format!("sqlite://{}", path.display()))
         .await
         .unwrap()

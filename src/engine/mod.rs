@@ -99,7 +99,7 @@ pub enum RunStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// Run id.
-    pub run_id: String,
+    pub run_id: crate::id::RunId,
     /// Recipe name.
     pub recipe: String,
     /// Outcome.
@@ -191,7 +191,7 @@ pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSi
         steps: BTreeMap::new(),
     };
     let mut report = RunReport {
-        run_id: req.run_id.to_string(),
+        run_id: req.run_id.into(),
         recipe: recipe.name.clone(),
         status: RunStatus::Completed,
         steps: Vec::new(),

@@ -6,7 +6,6 @@
 //! Nothing about a run lives only in memory: claims are leases in the
 //! store, so another process can take over a crashed one's work.
 
-pub mod id;
 pub mod postgres;
 pub mod sqlite;
 pub mod versions;
@@ -14,6 +13,9 @@ mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::id;
+use crate::id::{EventId, RunId};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -108,7 +110,7 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct NewRun {
     /// Run id.
-    pub id: String,
+    pub id: RunId,
     /// Recipe name.
     pub recipe: String,
     /// Content hash of the recipe version that will run it.
@@ -121,7 +123,7 @@ pub struct NewRun {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     /// Event id.
-    pub id: String,
+    pub id: EventId,
     /// Connection it came from (empty for schedules).
     pub connection: String,
     /// Trigger operation id.
@@ -179,7 +181,7 @@ pub struct ClaimFor {
 #[derive(Debug, Clone)]
 pub struct ClaimedRun {
     /// Run id.
-    pub id: String,
+    pub id: RunId,
     /// Recipe name.
     pub recipe: String,
     /// The version it started on.
@@ -243,7 +245,7 @@ impl RunState {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     /// Run id.
-    pub id: String,
+    pub id: RunId,
     /// Recipe.
     pub recipe: String,
     /// Recipe version.
@@ -251,7 +253,7 @@ pub struct RunSummary {
     /// State.
     pub status: RunState,
     /// The event.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -363,3 +365,65 @@ pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
         Box::pin(async { Ok(1) })
     }
 }
+
+/// Ids are stored as text in every backend.
+macro_rules! id_as_text {
+    ($($id:ty),*) => {$(
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $id
+        where
+            String: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $id
+        where
+            String: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                self.as_str().to_string().encode_by_ref(buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $id
+        where
+            String: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: <DB as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<$id>::from(<String as sqlx::Decode<DB>>::decode(value)?))
+            }
+        }
+
+        impl sqlx::postgres::PgHasArrayType for $id {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl rusqlite::ToSql for $id {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $id {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                String::column_result(value).map(<$id>::from)
+            }
+        }
+    )*};
+}
+
+id_as_text!(RunId, EventId);

@@ -376,8 +376,8 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
                         let owner = claim
                             .as_ref()
                             .filter(|cl| n.claimed.len() < cl.max && run.ordering_key.is_none());
-                        runs.id.push(run.id.clone());
-                        runs.event.push(ev.id.clone());
+                        runs.id.push(run.id.to_string());
+                        runs.event.push(ev.id.to_string());
                         runs.recipe.push(run.recipe.clone());
                         runs.version.push(run.recipe_version.clone());
                         runs.key.push(run.ordering_key.clone());
@@ -707,7 +707,7 @@ impl Store for PgStore {
             };
             let (reply, rx) = oneshot::channel();
             self.send(Job::Finish {
-                run_id: report.run_id.clone(),
+                run_id: report.run_id.to_string(),
                 records: report
                     .steps
                     .iter()

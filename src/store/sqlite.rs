@@ -369,7 +369,7 @@ impl Store for SqliteStore {
             };
             let (reply, rx) = oneshot::channel();
             let job = Job::Finish {
-                run_id: report.run_id.clone(),
+                run_id: report.run_id.to_string(),
                 records: report
                     .steps
                     .iter()
@@ -453,7 +453,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(None) };
-            let new_id = crate::store::id::new_id();
+            let new_id = crate::id::new_id();
             let now = now_ms();
             let event_id: String = row.try_get("event_id")?;
             let recipe: String = row.try_get("recipe")?;
@@ -669,7 +669,7 @@ mod tests {
             payload: json!({"email": id}),
             dedupe_key: key.map(str::to_string),
             runs: vec![NewRun {
-                id: format!("run-{id}"),
+                id: format!("run-{id}").into(),
                 recipe: "r".into(),
                 recipe_version: "v1".into(),
                 ordering_key: ordering.map(str::to_string),
@@ -679,8 +679,7 @@ mod tests {
 
     /// A store in a fresh file under the temp directory.
     async fn temp_store() -> SqliteStore {
-        let path =
-            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::store::id::new_id()));
+        let path = std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::id::new_id()));
         SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap()
@@ -904,12 +903,12 @@ mod tests {
         // Real (time-ordered) ids: pruning walks the id range.
         let evs: Vec<NewEvent> = (0..3)
             .map(|_| {
-                let mut e = event(&crate::store::id::new_id(), None, None);
-                e.runs[0].id = crate::store::id::new_id();
+                let mut e = event(&crate::id::new_id(), None, None);
+                e.runs[0].id = crate::id::RunId::new();
                 e
             })
             .collect();
-        let ids: Vec<String> = evs.iter().map(|e| e.runs[0].id.clone()).collect();
+        let ids: Vec<crate::id::RunId> = evs.iter().map(|e| e.runs[0].id.clone()).collect();
         s.ingest(delivery(), evs, None).await.unwrap();
         let lease = Duration::from_secs(30);
         let done = claim1(&s, "w", lease).await.unwrap();
@@ -1023,8 +1022,8 @@ mod tests {
         let n = writer::PRUNE_CHUNK as usize + 100;
         let evs: Vec<NewEvent> = (0..n)
             .map(|_| {
-                let mut e = event(&crate::store::id::new_id(), None, None);
-                e.runs[0].id = crate::store::id::new_id();
+                let mut e = event(&crate::id::new_id(), None, None);
+                e.runs[0].id = crate::id::RunId::new();
                 e
             })
             .collect();
@@ -1045,8 +1044,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_of_schema_3_is_migrated_with_its_runs_and_keeps_their_order() {
-        let path =
-            std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::store::id::new_id()));
+        let path = std::env::temp_dir().join(format!("patchbay-store-{}.db", crate::id::new_id()));
         let url = format!("sqlite://{}", path.display());
         {
             // The schema as version 3 left it, with one queued run.

@@ -101,10 +101,8 @@ mod tests {
 
     #[tokio::test]
     async fn versions_are_kept_once_each() {
-        let path = std::env::temp_dir().join(format!(
-            "patchbay-versions-{}.db",
-            crate::store::id::new_id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("patchbay-versions-{}.db", crate::id::new_id()));
         let s = SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();

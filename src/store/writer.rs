@@ -614,7 +614,7 @@ impl<'c> Writer<'c> {
                 );
             }
             runs.push(ClaimedRun {
-                id,
+                id: id.into(),
                 recipe,
                 recipe_version,
                 payload: super::sqlite::parse_json("events.payload", &payload)?,
@@ -795,8 +795,7 @@ mod tests {
 
     /// A migrated store file and the writer's connection to it.
     async fn writer_conn() -> Connection {
-        let path =
-            std::env::temp_dir().join(format!("patchbay-writer-{}.db", crate::store::id::new_id()));
+        let path = std::env::temp_dir().join(format!("patchbay-writer-{}.db", crate::id::new_id()));
         super::super::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
