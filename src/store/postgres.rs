@@ -34,6 +34,8 @@ use crate::secret::Secret;
 const CHANNEL: &str = "patchbay_runs";
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 256;
+/// Batches written at once by one engine.
+const WRITERS: usize = 4;
 /// Connections per engine (PostgreSQL's default `max_connections` is 100:
 /// several engines, the listener and the operators' commands share it).
 const POOL_SIZE: u32 = 10;
@@ -128,7 +130,10 @@ impl PgStore {
         migrate(&pool).await?;
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(4096);
-        let mut tasks = vec![tokio::spawn(write_loop(pool.clone(), rx))];
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks: Vec<_> = (0..WRITERS)
+            .map(|_| tokio::spawn(write_loop(pool.clone(), rx.clone())))
+            .collect();
         tasks.push(tokio::spawn(listen(pool.clone(), wake.clone())));
         tasks.push(tokio::spawn(reap_loop(pool.clone())));
         Ok(PgStore {
@@ -246,15 +251,23 @@ async fn reap_loop(pool: PgPool) {
 }
 
 /// Applies batches of ingests and run ends until the store is dropped.
-async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+/// [`WRITERS`] of these share the queue: while one batch waits for its
+/// commit to reach the server's disk, the next is being written, and the
+/// server flushes concurrent commits together.
+async fn write_loop(pool: PgPool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
             }
-        }
+            jobs
+        };
         match batch(&pool, &jobs).await {
             Ok(done) => jobs
                 .into_iter()
@@ -337,6 +350,46 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
         .into_iter()
         .collect()
     };
+    // Runs with an ordering key are claimed at ingest only when no run of
+    // their key is open anywhere: the keys are locked (in one order, so
+    // concurrent batches cannot deadlock) until the commit, then looked up.
+    let mut ordering: Vec<String> = Vec::new();
+    for job in jobs {
+        if let Job::Ingest {
+            events,
+            claim: Some(_),
+            ..
+        } = job
+        {
+            ordering.extend(
+                events
+                    .iter()
+                    .flat_map(|e| e.runs.iter().filter_map(|r| r.ordering_key.clone())),
+            );
+        }
+    }
+    ordering.sort();
+    ordering.dedup();
+    let mut busy: std::collections::HashSet<String> = if ordering.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('patchbay.key.' || k, 0) AS h
+             FROM UNNEST($1::text[]) AS k ORDER BY 1) AS keys",
+        )
+        .bind(&ordering)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query_scalar(
+            "SELECT DISTINCT ordering_key FROM runs WHERE ordering_key = ANY($1)
+             AND status IN ('queued', 'running')",
+        )
+        .bind(&ordering)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
     let mut taken = std::collections::HashSet::new();
     let (mut ev_id, mut ev_conn, mut ev_op, mut ev_payload) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -371,11 +424,12 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
                     ev_payload.push(ev.payload.to_string());
                     for run in &ev.runs {
                         n.runs += 1;
-                        // Runs with an ordering key are left to claims,
-                        // which see every engine's open runs of the key.
-                        let owner = claim
-                            .as_ref()
-                            .filter(|cl| n.claimed.len() < cl.max && run.ordering_key.is_none());
+                        let free = match &run.ordering_key {
+                            None => true,
+                            // A later run of the key, here or anywhere, waits.
+                            Some(k) => busy.insert(k.clone()),
+                        };
+                        let owner = claim.as_ref().filter(|cl| free && n.claimed.len() < cl.max);
                         runs.id.push(run.id.to_string());
                         runs.event.push(ev.id.to_string());
                         runs.recipe.push(run.recipe.clone());
@@ -390,7 +444,7 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
                                     recipe: run.recipe.clone(),
                                     recipe_version: run.recipe_version.clone(),
                                     payload: ev.payload.clone(),
-                                    ordering_key: None,
+                                    ordering_key: run.ordering_key.clone(),
                                     started_at: to_time(now),
                                     done: Vec::new(),
                                 });
