@@ -24,8 +24,22 @@ pub const EXIT_USAGE: i32 = 2;
     about = "A declarative integration engine: YAML recipes, a connector catalog, durable runs."
 )]
 struct Cli {
+    /// Log lines as `text` (colours only on a terminal) or `json` (one
+    /// object a line, with the run's span fields); levels from
+    /// `PATCHBAY_LOG` or `RUST_LOG`.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,7 +184,6 @@ enum CatalogFormat {
 
 /// Runs the CLI and returns the exit code.
 pub fn main() -> i32 {
-    init_logging();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -178,6 +191,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
+    init_logging(cli.log_format);
     match cli.command {
         Command::Validate {
             paths,
@@ -245,16 +259,33 @@ pub fn main() -> i32 {
 
 /// Logs go to stderr; `PATCHBAY_LOG` (or `RUST_LOG`) sets the filter,
 /// default `warn` plus reload lines.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = std::env::var("PATCHBAY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         // Reload lines are shown by default: an operator who saved a file
         // wants to see it applied.
         .unwrap_or_else(|_| "warn,patchbay::reload=info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    let _ = match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            // Every span's fields (run, step, attempt), outermost first.
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            tracing_subscriber::fmt()
+                // Colour codes only for a person at a terminal, not in files.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
+    };
 }
 
 /// Loads the catalog, reporting broken override files.

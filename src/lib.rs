@@ -16,6 +16,7 @@ pub mod engine;
 pub mod fire;
 pub mod id;
 pub mod jsonpath;
+pub mod metrics;
 pub mod ops;
 pub mod recipe;
 pub mod reload;

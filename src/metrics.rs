@@ -172,26 +172,102 @@ impl Metrics {
             files_rejected: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register("deliveries", "Webhook deliveries by connection and outcome", m.deliveries.clone());
-        r.register("runs_started", "Runs started by a worker, by recipe", m.runs_started.clone());
-        r.register("runs_ended", "Runs ended, by recipe and status (completed, failed, filtered)", m.runs_ended.clone());
-        r.register("runs_dead_lettered", "Runs that failed for good (dead letters), by recipe", m.dead_letters.clone());
-        r.register("step_duration_seconds", "Step duration, retries included, by operation and status", m.step_seconds.clone());
-        r.register("http_request_duration_seconds", "Outgoing HTTP request duration by operation and status class", m.http_seconds.clone());
-        r.register("http_retries", "Attempts after the first, by operation", m.retries.clone());
-        r.register("http_rate_limited", "429 answers received, by connection", m.rate_limited.clone());
-        r.register("token_refreshes", "OAuth token fetches and refreshes, by connection", m.token_refreshes.clone());
+        r.register(
+            "deliveries",
+            "Webhook deliveries by connection and outcome",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "runs_started",
+            "Runs started by a worker, by recipe",
+            m.runs_started.clone(),
+        );
+        r.register(
+            "runs_ended",
+            "Runs ended, by recipe and status (completed, failed, filtered)",
+            m.runs_ended.clone(),
+        );
+        r.register(
+            "runs_dead_lettered",
+            "Runs that failed for good (dead letters), by recipe",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "step_duration_seconds",
+            "Step duration, retries included, by operation and status",
+            m.step_seconds.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Outgoing HTTP request duration by operation and status class",
+            m.http_seconds.clone(),
+        );
+        r.register(
+            "http_retries",
+            "Attempts after the first, by operation",
+            m.retries.clone(),
+        );
+        r.register(
+            "http_rate_limited",
+            "429 answers received, by connection",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "token_refreshes",
+            "OAuth token fetches and refreshes, by connection",
+            m.token_refreshes.clone(),
+        );
         r.register("store_write_duration_seconds", "Store writes on the run path (ingest: until the commit that acknowledges a delivery; finish: a run's end), by operation", m.store_seconds.clone());
-        r.register("backlog_runs", "Runs this process stored queued that no claim has taken yet", m.backlog.clone());
-        r.register("leased_runs_waiting", "Runs leased by this process and waiting for a free worker", m.leased_waiting.clone());
-        r.register("runs_in_flight", "Runs executing now", m.runs_in_flight.clone());
-        r.register("deliveries_delayed", "Deliveries that waited for the backlog to shrink before they were stored", m.deliveries_delayed.clone());
-        r.register("reloads", "Reloads of recipes and connections by result", m.reloads.clone());
-        r.register("reload_recipes", "Recipes added, changed, removed and files rejected by reloads", m.reload_changes.clone());
-        r.register("reload_last_duration_seconds", "Duration of the last reload", m.reload_last_seconds.clone());
-        r.register("reload_last_success_timestamp_seconds", "End of the last reload that did not fail", m.reload_last_success.clone());
-        r.register("recipes_active", "Recipes taking events", m.recipes_active.clone());
-        r.register("recipe_files_rejected", "Recipe files currently rejected (their previous version, if any, keeps running)", m.files_rejected.clone());
+        r.register(
+            "backlog_runs",
+            "Runs this process stored queued that no claim has taken yet",
+            m.backlog.clone(),
+        );
+        r.register(
+            "claimed_runs_waiting",
+            "Runs claimed (leased) by this process and waiting for a free worker",
+            m.leased_waiting.clone(),
+        );
+        r.register(
+            "runs_in_flight",
+            "Runs executing now",
+            m.runs_in_flight.clone(),
+        );
+        r.register(
+            "deliveries_delayed",
+            "Deliveries that waited for the backlog to shrink before they were stored",
+            m.deliveries_delayed.clone(),
+        );
+        r.register(
+            "reloads",
+            "Reloads of recipes and connections by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "reload_recipes",
+            "Recipes added, changed, removed and files rejected by reloads",
+            m.reload_changes.clone(),
+        );
+        r.register(
+            "reload_last_duration_seconds",
+            "Duration of the last reload",
+            m.reload_last_seconds.clone(),
+        );
+        r.register(
+            "reload_last_success_timestamp_seconds",
+            "End of the last reload that did not fail",
+            m.reload_last_success.clone(),
+        );
+        r.register(
+            "recipes_active",
+            "Recipes taking events",
+            m.recipes_active.clone(),
+        );
+        r.register(
+            "recipe_files_rejected",
+            "Recipe files currently rejected (their previous version, if any, keeps running)",
+            m.files_rejected.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

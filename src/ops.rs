@@ -62,6 +62,7 @@ pub fn runs(
                 recipe,
                 status,
                 limit: 200,
+                ..Default::default()
             })
             .await
         {
@@ -228,6 +229,7 @@ pub fn replay(
                     recipe,
                     status: Some(RunState::Failed),
                     limit: 100_000,
+                    ..Default::default()
                 })
                 .await
             {

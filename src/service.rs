@@ -342,6 +342,14 @@ impl Service {
             store: self.store.clone(),
             lease: self.lease,
         };
+        let metrics = crate::metrics::global();
+        let recipe_label = crate::metrics::RecipeLabels {
+            recipe: run.recipe.clone(),
+        };
+        metrics.runs_started.get_or_create(&recipe_label).inc();
+        metrics.runs_in_flight.inc();
+        // Every log line of the run carries its id, recipe and version.
+        let span = tracing::info_span!("run", run_id = %run.id, recipe = %run.recipe, version = %run.recipe_version);
         let running = engine::run(
             RunRequest {
                 recipe: &recipe,
@@ -353,6 +361,7 @@ impl Service {
             &self.runtime,
             &sink,
         );
+        let running = tracing::Instrument::instrument(running, span.clone());
         // A panic in a run is a bug of ours, not of the recipe; left alone
         // it would end the task with the run still leased to this process
         // (the heartbeat keeps the lease) until a restart. The run fails
@@ -372,9 +381,13 @@ impl Service {
                 )
             }
         };
+        let writing = std::time::Instant::now();
         if let Err(e) = self.store.finish(&report).await {
             tracing::error!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
         }
+        metrics.store_write("finish", writing.elapsed());
+        metrics.runs_in_flight.dec();
+        record_run_metrics(metrics, &report);
         // The place is held until the end is committed: `--workers` bounds
         // the steps in flight (sent, not yet recorded) at any moment.
         drop(slot);
@@ -660,6 +673,41 @@ pub fn compare_stamps(a: &str, b: &str) -> std::cmp::Ordering {
         return x.cmp(&y);
     }
     a.cmp(b)
+}
+
+/// Counts a run's end and its steps.
+fn record_run_metrics(m: &crate::metrics::Metrics, report: &RunReport) {
+    let status = match report.status {
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+        RunStatus::Filtered => "filtered",
+    };
+    m.runs_ended
+        .get_or_create(&crate::metrics::RunEndLabels {
+            recipe: report.recipe.clone(),
+            status: status.into(),
+        })
+        .inc();
+    if report.status == RunStatus::Failed {
+        m.dead_letters
+            .get_or_create(&crate::metrics::RecipeLabels {
+                recipe: report.recipe.clone(),
+            })
+            .inc();
+    }
+    for s in &report.steps {
+        let status = match s.status {
+            engine::StepStatus::Completed => "completed",
+            engine::StepStatus::Failed => "failed",
+            engine::StepStatus::Skipped => "skipped",
+        };
+        m.step_seconds
+            .get_or_create(&crate::metrics::StepLabels {
+                operation: s.action.clone(),
+                status: status.into(),
+            })
+            .observe(s.duration_ms as f64 / 1000.0);
+    }
 }
 
 /// A catalog key template (dedupe, ordering), compiled once per process:

@@ -283,6 +283,12 @@ impl AuthState {
         encoding: Encoding,
         params: &[(&str, &str)],
     ) -> Result<Value, StepError> {
+        crate::metrics::global()
+            .token_refreshes
+            .get_or_create(&crate::metrics::ConnectionLabels {
+                connection: cx.conn.name.clone(),
+            })
+            .inc();
         let url = if url.starts_with("http://") || url.starts_with("https://") {
             url.to_string()
         } else {

@@ -286,6 +286,16 @@ impl Runtime {
         touched
     }
 
+    /// Every connection as requests use it now.
+    pub fn resolved_connections(&self) -> Vec<ResolvedConnection> {
+        self.conns
+            .read()
+            .expect("connections lock")
+            .values()
+            .map(|c| (*c.resolved).clone())
+            .collect()
+    }
+
     /// Records requests instead of sending them (`fire --dry-run`).
     pub fn with_dry_run(mut self) -> Runtime {
         self.dry_run = Some(Mutex::new(Vec::new()));
@@ -510,10 +520,31 @@ impl Runtime {
             d.lock().expect("dry-run lock").push(prepared);
             return Ok((Value::Null, 0));
         }
+        let metrics = crate::metrics::global();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(op, conn, &prepared).await {
+            let started = std::time::Instant::now();
+            // Every log line of the attempt (its request, a token refresh) carries its number.
+            let span = tracing::debug_span!("attempt", attempt);
+            let result =
+                tracing::Instrument::instrument(self.attempt(op, conn, &prepared), span).await;
+            let status = match &result {
+                Ok(_) => Some(200),
+                Err(e) => e.error.status,
+            };
+            metrics.http(op.id(), status, started.elapsed());
+            if let Err(e) = &result {
+                if e.error.kind == ErrorKind::RateLimited {
+                    metrics
+                        .rate_limited
+                        .get_or_create(&crate::metrics::ConnectionLabels {
+                            connection: conn.resolved.name.clone(),
+                        })
+                        .inc();
+                }
+            }
+            match result {
                 Ok(v) => return Ok((v, attempt)),
                 Err(e) if e.error.kind.is_retryable() && attempt < policy.attempts => {
                     let wait = match e.retry_after {
@@ -530,6 +561,12 @@ impl Runtime {
                         conn.limiter.back_off(wait);
                     }
                     tracing::debug!(op = %op.id(), attempt, kind = e.error.kind.as_str(), wait_ms = wait.as_millis() as u64, "retrying");
+                    metrics
+                        .retries
+                        .get_or_create(&crate::metrics::OperationLabels {
+                            operation: op.id().to_string(),
+                        })
+                        .inc();
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {

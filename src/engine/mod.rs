@@ -226,7 +226,13 @@ pub async fn run(req: RunRequest<'_>, runtime: &Runtime, sink: &dyn CheckpointSi
             continue;
         }
         let mut records = Vec::new();
-        let rec = exec_step(step, &mut state, runtime, None, &mut records).await;
+        // Every log line of the step (its requests, retries) carries it.
+        let span = tracing::info_span!("step", step = %step.id);
+        let rec = tracing::Instrument::instrument(
+            exec_step(step, &mut state, runtime, None, &mut records),
+            span,
+        )
+        .await;
         let failed = rec.status == StepStatus::Failed && step.on_error == OnError::Fail;
         if failed {
             report.failed_step = Some(rec.id.clone());

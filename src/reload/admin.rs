@@ -4,8 +4,6 @@
 //! served on `--admin-listen`, not on the public webhook listener unless
 //! the two addresses are the same.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -27,7 +25,11 @@ pub fn router(reloader: Arc<Reloader>, token: Arc<str>) -> Router {
         .route("/admin/recipes", get(recipes))
         .route("/admin/reload", post(reload))
         .route("/metrics", get(metrics))
+        .merge(crate::server::admin::routes())
         .layer(middleware::from_fn_with_state(token, authorize))
+        // The console's files hold no data: the page asks for the token
+        // and sends it with every API call.
+        .merge(crate::server::console::routes())
         .with_state(reloader)
 }
 
@@ -102,72 +104,23 @@ async fn reload(State(r): State<Arc<Reloader>>, body: Bytes) -> Response {
 }
 
 async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
-    let m = &r.metrics;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_reloads_total Reloads of recipes and connections by result.\n# TYPE patchbay_reloads_total counter"
-    );
-    for outcome in super::Outcome::ALL {
-        let _ = writeln!(
-            out,
-            "patchbay_reloads_total{{result=\"{}\"}} {}",
-            outcome.as_str(),
-            m.reloads[outcome as usize].load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_reload_recipes_total Recipes added, changed, removed and files rejected by reloads.\n# TYPE patchbay_reload_recipes_total counter"
-    );
-    for (label, c) in [
-        ("added", &m.added),
-        ("changed", &m.changed),
-        ("removed", &m.removed),
-        ("rejected", &m.rejected),
-    ] {
-        let _ = writeln!(
-            out,
-            "patchbay_reload_recipes_total{{change=\"{label}\"}} {}",
-            c.load(Ordering::Relaxed)
-        );
-    }
+    let m = crate::metrics::global();
+    // Gauges of what is, read at the scrape.
     let status = r.status();
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_reload_last_duration_seconds Duration of the last reload.\n# TYPE patchbay_reload_last_duration_seconds gauge\npatchbay_reload_last_duration_seconds {}",
-        m.last_duration_us.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_reload_last_success_timestamp_seconds End of the last reload that did not fail.\n# TYPE patchbay_reload_last_success_timestamp_seconds gauge\npatchbay_reload_last_success_timestamp_seconds {}",
-        m.last_success.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_recipes_active Recipes taking events.\n# TYPE patchbay_recipes_active gauge\npatchbay_recipes_active {}",
-        status.recipes.len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_recipe_files_rejected Files currently rejected (their previous version, if any, keeps running).\n# TYPE patchbay_recipe_files_rejected gauge\npatchbay_recipe_files_rejected {}",
-        status.rejected.len()
-    );
+    m.recipes_active.set(status.recipes.len() as i64);
+    m.files_rejected.set(status.rejected.len() as i64);
     let d = &r.service().dispatch;
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_backlog_runs Runs this process stored queued that no claim has taken yet (deliveries wait above --max-backlog).\n# TYPE patchbay_backlog_runs gauge\npatchbay_backlog_runs {}",
-        d.backlog()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_claimed_runs_waiting Runs claimed and waiting for a free worker.\n# TYPE patchbay_claimed_runs_waiting gauge\npatchbay_claimed_runs_waiting {}",
-        d.waiting()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_deliveries_delayed_total Deliveries that waited for the backlog to shrink before they were stored.\n# TYPE patchbay_deliveries_delayed_total counter\npatchbay_deliveries_delayed_total {}",
-        d.delayed()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    m.backlog.set(d.backlog() as i64);
+    m.leased_waiting.set(d.waiting() as i64);
+    let delayed = d.delayed();
+    let counted = m.deliveries_delayed.get();
+    m.deliveries_delayed.inc_by(delayed.saturating_sub(counted));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }

@@ -15,7 +15,6 @@ pub mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -199,25 +198,6 @@ pub struct Status {
     pub last_error: Option<ReloadReport>,
 }
 
-/// Reload counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Reloads by outcome: ok, rejected, error.
-    pub reloads: [AtomicU64; 3],
-    /// Recipes added, changed, removed; files rejected.
-    pub added: AtomicU64,
-    /// Recipes changed.
-    pub changed: AtomicU64,
-    /// Recipes removed.
-    pub removed: AtomicU64,
-    /// Files rejected.
-    pub rejected: AtomicU64,
-    /// Duration of the last reload, in microseconds.
-    pub last_duration_us: AtomicU64,
-    /// End of the last successful reload, epoch seconds.
-    pub last_success: AtomicU64,
-}
-
 /// What the last reload applied, to compare the next one with.
 #[derive(Default)]
 struct Applied {
@@ -248,8 +228,6 @@ pub struct Reloader {
     catalog: Catalog,
     applied: tokio::sync::Mutex<Applied>,
     status: RwLock<Status>,
-    /// Counters for `/metrics`.
-    pub metrics: Metrics,
     /// Poll and schedule loops by recipe, with the version they run.
     schedules: Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
     stop: signal::Receiver<bool>,
@@ -284,7 +262,6 @@ impl Reloader {
                 ..Default::default()
             }),
             status: RwLock::new(Status::default()),
-            metrics: Metrics::default(),
             schedules: Mutex::new(HashMap::new()),
             stop,
         }
@@ -644,21 +621,27 @@ impl Reloader {
 
     /// Updates the status, the counters and the log after a reload.
     fn record(&self, applied: &Applied, report: &ReloadReport) {
-        let m = &self.metrics;
-        m.reloads[report.result as usize].fetch_add(1, Ordering::Relaxed);
-        m.added
-            .fetch_add(report.added.len() as u64, Ordering::Relaxed);
-        m.changed
-            .fetch_add(report.changed.len() as u64, Ordering::Relaxed);
-        m.removed
-            .fetch_add(report.removed.len() as u64, Ordering::Relaxed);
-        m.rejected
-            .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
-        m.last_duration_us
-            .store((report.duration_ms * 1000.0) as u64, Ordering::Relaxed);
+        let m = crate::metrics::global();
+        m.reloads
+            .get_or_create(&crate::metrics::ReloadLabels {
+                result: report.result.as_str().to_string(),
+            })
+            .inc();
+        for (change, n) in [
+            ("added", report.added.len()),
+            ("changed", report.changed.len()),
+            ("removed", report.removed.len()),
+            ("rejected", report.rejected.len()),
+        ] {
+            m.reload_changes
+                .get_or_create(&crate::metrics::ChangeLabels {
+                    change: change.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+        m.reload_last_seconds.set(report.duration_ms / 1000.0);
         if report.result != Outcome::Error {
-            m.last_success
-                .store(report.at.timestamp().max(0) as u64, Ordering::Relaxed);
+            m.reload_last_success.set(report.at.timestamp());
         }
         let rejected_files: Vec<&str> = report.rejected.iter().map(|r| r.file.as_str()).collect();
         match report.result {

@@ -2,6 +2,8 @@
 //! `/healthz` and `/readyz`. A delivery is answered 2xx only after its
 //! events are committed to the store; every rejected one is recorded.
 
+pub mod admin;
+pub mod console;
 pub mod verify;
 
 use std::sync::Arc;
@@ -54,6 +56,13 @@ async fn reject(svc: &Service, connection: &str, status: StatusCode, message: St
     if let Err(e) = svc.store.reject(d).await {
         tracing::error!(error = %e, "could not record a rejected delivery");
     }
+    // Labels stay bounded: an unknown connection is not the sender's text.
+    let label = if svc.runtime.connection(connection).is_some() {
+        connection
+    } else {
+        "(unknown)"
+    };
+    crate::metrics::global().delivery(label, &format!("rejected_{}", status.as_u16()));
     tracing::info!(connection, status = status.as_u16(), reason = %message, "delivery rejected");
     answer(status, json!({"error": message}))
 }
@@ -184,7 +193,9 @@ async fn hook(
             let reserved = svc
                 .dispatch
                 .reserve(events.iter().map(|e| e.runs.len()).sum());
+            let writing = std::time::Instant::now();
             let result = svc.store.ingest(delivery, events, reserved.clone()).await;
+            crate::metrics::global().store_write("ingest", writing.elapsed());
             match result {
                 Ok(mut n) => {
                     let claimed = std::mem::take(&mut n.claimed);
@@ -207,6 +218,7 @@ async fn hook(
     };
     match result {
         Ok(n) => {
+            crate::metrics::global().delivery(&connection, outcome);
             let accepted = Accepted {
                 accepted: n.events,
                 duplicates: n.duplicates,

@@ -273,6 +273,28 @@ pub struct RunFilter {
     pub status: Option<RunState>,
     /// At most this many, newest first.
     pub limit: u32,
+    /// Only runs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only runs whose id, recipe, failed step, error or event payload
+    /// contains this text (case-insensitive).
+    pub text: Option<String>,
+    /// Only runs created before this one (the next page after it).
+    pub before: Option<RunId>,
+}
+
+impl RunFilter {
+    /// The `LIKE` pattern of `text`, its wildcards escaped with `\\`.
+    pub fn like(&self) -> Option<String> {
+        self.text.as_ref().filter(|t| !t.is_empty()).map(|t| {
+            let escaped = t
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
 }
 
 /// A run with every step record.
@@ -322,6 +344,11 @@ pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
     fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>>;
     /// One run with every step record.
     fn run<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<Option<RunDetail>, StoreError>>;
+    /// The payload of an accepted event.
+    fn event_payload<'a>(
+        &'a self,
+        id: &'a EventId,
+    ) -> BoxFut<'a, Result<Option<Value>, StoreError>>;
     /// Queues a failed run again (as a new run of the same event); its id.
     fn replay<'a>(
         &'a self,

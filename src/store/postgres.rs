@@ -35,7 +35,12 @@ const CHANNEL: &str = "patchbay_runs";
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 256;
 /// Batches written at once by one engine.
-const WRITERS: usize = 4;
+const WRITERS: usize = 2;
+/// A batch smaller than this waits [`COMMIT_DELAY`] for more under load:
+/// round trips are paid per batch, so fuller batches cost less per event.
+const MIN_BATCH: usize = 16;
+/// How long a small batch waits under load.
+const COMMIT_DELAY: Duration = Duration::from_micros(500);
 /// Connections per engine (PostgreSQL's default `max_connections` is 100:
 /// several engines, the listener and the operators' commands share it).
 const POOL_SIZE: u32 = 10;
@@ -255,17 +260,26 @@ async fn reap_loop(pool: PgPool) {
 /// commit to reach the server's disk, the next is being written, and the
 /// server flushes concurrent commits together.
 async fn write_loop(pool: PgPool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let mut busy = false;
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            let gather = |rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>| {
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
                 }
+            };
+            gather(&mut rx, &mut jobs);
+            if busy && jobs.len() < MIN_BATCH {
+                tokio::time::sleep(COMMIT_DELAY).await;
+                gather(&mut rx, &mut jobs);
             }
+            busy = jobs.len() > 1;
             jobs
         };
         match batch(&pool, &jobs).await {
@@ -324,20 +338,37 @@ struct RunRows {
 /// gets an empty [`Ingested`]).
 async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
     // Dedupe keys first: the first event of a key in the batch takes it.
     let mut keys: Vec<String> = Vec::new();
+    // Runs with an ordering key are claimed at ingest only when no run of
+    // their key is open anywhere: the keys are locked (in one order, so
+    // concurrent batches cannot deadlock) until the commit, then looked up.
+    let mut ordering: Vec<String> = Vec::new();
     for job in jobs {
-        if let Job::Ingest { events, .. } = job {
+        if let Job::Ingest { events, claim, .. } = job {
             keys.extend(events.iter().filter_map(|e| e.dedupe_key.clone()));
+            if claim.is_some() {
+                ordering.extend(
+                    events
+                        .iter()
+                        .flat_map(|e| e.runs.iter().filter_map(|r| r.ordering_key.clone())),
+                );
+            }
         }
     }
     keys.sort();
     keys.dedup();
-    let fresh: std::collections::HashSet<String> = if keys.is_empty() {
-        Default::default()
+    ordering.sort();
+    ordering.dedup();
+    // A batch of run ends is one statement; only decisions that read
+    // first need a transaction around the write.
+    let mut tx = if keys.is_empty() && ordering.is_empty() {
+        None
     } else {
-        sqlx::query_scalar(
+        Some(pool.begin().await?)
+    };
+    let fresh: std::collections::HashSet<String> = match tx.as_mut() {
+        Some(tx) if !keys.is_empty() => sqlx::query_scalar(
             "INSERT INTO dedupe (key, expires_at) SELECT k, $2 FROM UNNEST($1::text[]) AS k
              ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
              WHERE dedupe.expires_at < $3 RETURNING key",
@@ -345,50 +376,32 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
         .bind(&keys)
         .bind(now + DEDUPE_WINDOW.as_millis() as i64)
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?
         .into_iter()
-        .collect()
+        .collect(),
+        _ => Default::default(),
     };
-    // Runs with an ordering key are claimed at ingest only when no run of
-    // their key is open anywhere: the keys are locked (in one order, so
-    // concurrent batches cannot deadlock) until the commit, then looked up.
-    let mut ordering: Vec<String> = Vec::new();
-    for job in jobs {
-        if let Job::Ingest {
-            events,
-            claim: Some(_),
-            ..
-        } = job
-        {
-            ordering.extend(
-                events
-                    .iter()
-                    .flat_map(|e| e.runs.iter().filter_map(|r| r.ordering_key.clone())),
-            );
+    let mut busy: std::collections::HashSet<String> = match tx.as_mut() {
+        Some(tx) if !ordering.is_empty() => {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('patchbay.key.' || k, 0) AS h
+                 FROM UNNEST($1::text[]) AS k ORDER BY 1) AS keys",
+            )
+            .bind(&ordering)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query_scalar(
+                "SELECT DISTINCT ordering_key FROM runs WHERE ordering_key = ANY($1)
+                 AND status IN ('queued', 'running')",
+            )
+            .bind(&ordering)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect()
         }
-    }
-    ordering.sort();
-    ordering.dedup();
-    let mut busy: std::collections::HashSet<String> = if ordering.is_empty() {
-        Default::default()
-    } else {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('patchbay.key.' || k, 0) AS h
-             FROM UNNEST($1::text[]) AS k ORDER BY 1) AS keys",
-        )
-        .bind(&ordering)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query_scalar(
-            "SELECT DISTINCT ordering_key FROM runs WHERE ordering_key = ANY($1)
-             AND status IN ('queued', 'running')",
-        )
-        .bind(&ordering)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect()
+        _ => Default::default(),
     };
     let mut taken = std::collections::HashSet::new();
     let (mut ev_id, mut ev_conn, mut ev_op, mut ev_payload) =
@@ -486,86 +499,71 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
         }
         done.push(n);
     }
-    if !ev_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO events (id, connection, operation, payload, received_at)
-             SELECT u.id, u.c, u.o, u.p, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, c, o, p)",
-        )
-        .bind(&ev_id)
-        .bind(&ev_conn)
-        .bind(&ev_op)
-        .bind(&ev_payload)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !runs.id.is_empty() {
-        // In array order, so `seq` follows arrival.
-        sqlx::query(
-            "INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status,
+    // Every write of the batch in one statement (one round trip): each
+    // part inserts nothing when its arrays are empty.
+    let write = sqlx::query(
+        "WITH ev AS (
+             INSERT INTO events (id, connection, operation, payload, received_at)
+             SELECT u.id, u.c, u.o, u.p, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, c, o, p)),
+         r AS (
+             INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status,
                  lease_owner, lease_until, started_at, created_at, updated_at)
              SELECT u.id, u.ev, u.recipe, u.ver, u.okey,
                  CASE WHEN u.owner IS NULL THEN 'queued' ELSE 'running' END,
-                 u.owner, u.until, CASE WHEN u.owner IS NULL THEN NULL ELSE $8 END, $8, $8
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                 u.owner, u.until, CASE WHEN u.owner IS NULL THEN NULL ELSE $5 END, $5, $5
+             FROM UNNEST($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
                  WITH ORDINALITY AS u(id, ev, recipe, ver, okey, owner, until, n)
-             ORDER BY u.n",
-        )
-        .bind(&runs.id)
-        .bind(&runs.event)
-        .bind(&runs.recipe)
-        .bind(&runs.version)
-        .bind(&runs.key)
-        .bind(&runs.owner)
-        .bind(&runs.until)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !d_conn.is_empty() {
-        sqlx::query(
-            "INSERT INTO deliveries (connection, status, outcome, events, received_at)
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])",
-        )
-        .bind(&d_conn)
-        .bind(&d_status)
-        .bind(&d_outcome)
-        .bind(&d_events)
-        .bind(&d_at)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !s_run.is_empty() {
-        // Steps checkpointed before stay as they are.
-        sqlx::query(
-            "INSERT INTO steps (run_id, idx, record)
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(&s_run)
-        .bind(&s_idx)
-        .bind(&s_record)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !f_id.is_empty() {
-        sqlx::query(
-            "UPDATE runs SET status = u.status, failed_step = u.step, error = u.error,
+             ORDER BY u.n),
+         d AS (
+             INSERT INTO deliveries (connection, status, outcome, events, received_at)
+             SELECT * FROM UNNEST($13::text[], $14::int[], $15::text[], $16::int[], $17::bigint[])),
+         s AS (
+             INSERT INTO steps (run_id, idx, record)
+             SELECT * FROM UNNEST($18::text[], $19::int[], $20::text[]) ON CONFLICT DO NOTHING),
+         f AS (
+             UPDATE runs SET status = u.status, failed_step = u.step, error = u.error,
                  lease_owner = NULL, lease_until = NULL, updated_at = $5
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, status, step, error)
-             WHERE runs.id = u.id",
-        )
-        .bind(&f_id)
-        .bind(&f_status)
-        .bind(&f_step)
-        .bind(&f_error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+             FROM UNNEST($21::text[], $22::text[], $23::text[], $24::text[]) AS u(id, status, step, error)
+             WHERE runs.id = u.id)
+         SELECT CASE WHEN $25 THEN pg_notify($26, '') END",
+    )
+    .bind(&ev_id)
+    .bind(&ev_conn)
+    .bind(&ev_op)
+    .bind(&ev_payload)
+    .bind(now)
+    // In array order, so `seq` follows arrival.
+    .bind(&runs.id)
+    .bind(&runs.event)
+    .bind(&runs.recipe)
+    .bind(&runs.version)
+    .bind(&runs.key)
+    .bind(&runs.owner)
+    .bind(&runs.until)
+    .bind(&d_conn)
+    .bind(&d_status)
+    .bind(&d_outcome)
+    .bind(&d_events)
+    .bind(&d_at)
+    // Steps checkpointed before stay as they are.
+    .bind(&s_run)
+    .bind(&s_idx)
+    .bind(&s_record)
+    .bind(&f_id)
+    .bind(&f_status)
+    .bind(&f_step)
+    .bind(&f_error)
+    .bind(queued > 0)
+    .bind(CHANNEL);
+    match tx {
+        Some(mut tx) => {
+            write.execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        None => {
+            write.execute(pool).await?;
+        }
     }
-    if queued > 0 {
-        notify(&mut tx).await?;
-    }
-    tx.commit().await?;
     Ok(done)
 }
 
@@ -782,14 +780,24 @@ impl Store for PgStore {
 
     fn runs(&self, filter: RunFilter) -> BoxFut<'_, Result<Vec<RunSummary>, StoreError>> {
         Box::pin(async move {
+            let like = filter.like();
             let sql = format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR recipe = $1)
-                   AND ($2::text IS NULL OR status = $2) ORDER BY seq DESC LIMIT $3"
+                   AND ($2::text IS NULL OR status = $2)
+                   AND ($4::text IS NULL OR seq < (SELECT seq FROM runs WHERE id = $4))
+                   AND ($5::bigint IS NULL OR created_at >= $5) AND ($6::bigint IS NULL OR created_at < $6)
+                   AND ($7::text IS NULL OR id ILIKE $7 OR recipe ILIKE $7 OR failed_step ILIKE $7
+                        OR error ILIKE $7 OR event_id IN (SELECT id FROM events WHERE payload ILIKE $7))
+                 ORDER BY seq DESC LIMIT $3"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(filter.recipe)
                 .bind(filter.status.map(RunState::as_str))
                 .bind(if filter.limit == 0 { 100 } else { filter.limit } as i64)
+                .bind(filter.before)
+                .bind(filter.since.map(|t| t.timestamp_millis()))
+                .bind(filter.until.map(|t| t.timestamp_millis()))
+                .bind(like)
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter().map(summary).collect()
@@ -824,6 +832,20 @@ impl Store for PgStore {
                 })
                 .collect::<Result<_, _>>()?;
             Ok(Some((summary(&row)?, records)))
+        })
+    }
+
+    fn event_payload<'a>(
+        &'a self,
+        id: &'a crate::id::EventId,
+    ) -> BoxFut<'a, Result<Option<Value>, StoreError>> {
+        Box::pin(async move {
+            let text: Option<String> =
+                sqlx::query_scalar("SELECT payload FROM events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            text.map(|t| parse_json("events.payload", &t)).transpose()
         })
     }
 
@@ -1261,6 +1283,19 @@ impl RecipeVersions for PgStore {
                 source,
                 loaded_at: to_time(at),
             }))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        recipe: &'a str,
+    ) -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query_as("SELECT version, file, source, loaded_at FROM recipe_versions WHERE recipe = $1 ORDER BY loaded_at DESC")
+                .bind(recipe)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(super::versions::from_rows(recipe, rows))
         })
     }
 }

@@ -400,14 +400,38 @@ impl Store for SqliteStore {
                 ),
                 Some(s) => format!(" AND status = '{}'", s.as_str()),
             };
+            // A page starts below its `before` run: a rowid range, so a
+            // deep page costs no more than the first.
+            let before: i64 = match &filter.before {
+                Some(id) => sqlx::query_scalar("SELECT seq FROM runs WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .unwrap_or(0),
+                None => i64::MAX,
+            };
+            let like = filter.like();
+            let text = if like.is_some() {
+                " AND (id LIKE ?6 ESCAPE '\\' OR recipe LIKE ?6 ESCAPE '\\' OR failed_step LIKE ?6 ESCAPE '\\'
+                   OR error LIKE ?6 ESCAPE '\\' OR event_id IN (SELECT id FROM events WHERE payload LIKE ?6 ESCAPE '\\'))"
+            } else {
+                ""
+            };
             let sql = format!(
-                "SELECT {} FROM runs WHERE (?1 IS NULL OR recipe = ?1){status} ORDER BY seq DESC LIMIT ?2",
+                "SELECT {} FROM runs WHERE seq < ?3 AND (?1 IS NULL OR recipe = ?1){status}
+                   AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5){text}
+                 ORDER BY seq DESC LIMIT ?2",
                 run_columns!(),
             );
-            // Safe: `status` comes from the fixed names of `RunState`.
+            // Safe: `status` comes from the fixed names of `RunState`,
+            // `text` is a fixed string.
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(filter.recipe)
                 .bind(if filter.limit == 0 { 100 } else { filter.limit } as i64)
+                .bind(before)
+                .bind(filter.since.map(|t| t.timestamp_millis()))
+                .bind(filter.until.map(|t| t.timestamp_millis()))
+                .bind(like)
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter().map(summary).collect()
@@ -438,6 +462,20 @@ impl Store for SqliteStore {
                 );
             }
             Ok(Some((summary(&row)?, records)))
+        })
+    }
+
+    fn event_payload<'a>(
+        &'a self,
+        id: &'a crate::id::EventId,
+    ) -> BoxFut<'a, Result<Option<Value>, StoreError>> {
+        Box::pin(async move {
+            let text: Option<String> =
+                sqlx::query_scalar("SELECT payload FROM events WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            text.map(|t| parse_json("events.payload", &t)).transpose()
         })
     }
 

@@ -44,6 +44,9 @@ pub trait RecipeVersions: Send + Sync {
         recipe: &'a str,
         version: &'a str,
     ) -> BoxFut<'a, Result<Option<StoredVersion>, StoreError>>;
+    /// Every version of a recipe ever activated, newest first.
+    fn history<'a>(&'a self, recipe: &'a str)
+        -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>>;
 }
 
 impl RecipeVersions for SqliteStore {
@@ -81,6 +84,35 @@ impl RecipeVersions for SqliteStore {
             }))
         })
     }
+
+    fn history<'a>(
+        &'a self,
+        recipe: &'a str,
+    ) -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query_as("SELECT version, file, source, loaded_at FROM recipe_versions WHERE recipe = ? ORDER BY loaded_at DESC")
+                .bind(recipe)
+                .fetch_all(self.pool())
+                .await?;
+            Ok(from_rows(recipe, rows))
+        })
+    }
+}
+
+/// `(version, file, source, loaded_at)` rows as versions of `recipe`.
+pub(super) fn from_rows(
+    recipe: &str,
+    rows: Vec<(String, String, String, i64)>,
+) -> Vec<StoredVersion> {
+    rows.into_iter()
+        .map(|(version, file, source, at)| StoredVersion {
+            recipe: recipe.to_string(),
+            version,
+            file,
+            source,
+            loaded_at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Inserts versions in the writer's transaction; known ones are kept.
