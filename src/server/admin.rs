@@ -303,12 +303,14 @@ struct PreviewBody {
 async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Response {
     let asked: PreviewBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return error(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "the body is {{\"recipe\": NAME or \"recipe_text\": YAML, \"event\": EVENT}}: {e}"
             ),
-        ),
+            )
+        }
     };
     let svc = r.service();
     let recipe: Arc<ValidRecipe> = match (&asked.recipe, &asked.recipe_text) {

@@ -126,7 +126,12 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
         let (url, pool_size) = pool_size(url)?;
         let opts = PgConnectOptions::from_str(&url)
-            .map_err(|e| StoreError::Url(format!("{}: {e}", super::redact_url(&url))))?;
+            .map_err(|e| StoreError::Url(format!("{}: {e}", super::redact_url(&url))))?
+            // The statements are few and prepared once per connection;
+            // planning the batch statement anew for each batch (what the
+            // server does for its first executions, and whenever a custom
+            // plan looks cheaper) cost more than running it.
+            .options([("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))

@@ -60,7 +60,7 @@ function badge(status) {
 
 function view(...children) {
   const v = document.getElementById("view");
-  v.replaceChildren(...children);
+  v.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
   return v;
 }
 
