@@ -16,10 +16,12 @@ const TOKEN: &str = "bench-admin-token";
 
 /// Fills the store: runs of 5 recipes, one event and one step each, 90 %
 /// completed, 5 % failed, 5 % filtered, created over the last day.
-fn fill(path: &std::path::Path) {
+/// The id of a run a tenth of the way in (a page deep in the past).
+fn fill(path: &std::path::Path) -> String {
     let c = rusqlite::Connection::open(path).unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
+    let mut deep = String::new();
     c.execute_batch("BEGIN").unwrap();
     {
         let mut ev = c
@@ -35,6 +37,9 @@ fn fill(path: &std::path::Path) {
             let at = now - (RUNS - i) * 864; // one day
             let id = format!("{}{:012x}", patchbay::id::id_prefix(at), i);
             let ev_id = format!("{}{:012x}", patchbay::id::id_prefix(at), i + RUNS);
+            if i == RUNS / 10 {
+                deep = id.clone();
+            }
             let email = format!("user{i}@example.com");
             let payload = serde_json::json!({"event": "new_emails", "email": email, "book_id": "490686", "variables": {"name": format!("User {i}")}});
             ev.execute(rusqlite::params![ev_id, payload.to_string(), at])
@@ -72,6 +77,7 @@ fn fill(path: &std::path::Path) {
         "store filled: {RUNS} runs, events and steps in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    deep
 }
 
 fn main() {
@@ -92,7 +98,7 @@ fn main() {
                 .await
                 .unwrap(),
         );
-        fill(&db);
+        let deep = fill(&db);
         let (port, admin) = (free_port(), free_port());
         let child = Command::new(common::engine_bin("PATCHBAY_BENCH_BIN"))
             .args([
@@ -129,11 +135,6 @@ fn main() {
             .await
             .unwrap();
         let failed_id = failed["runs"][0]["id"].as_str().unwrap().to_string();
-        let deep = format!(
-            "{}{:012x}",
-            patchbay::id::id_prefix(chrono::Utc::now().timestamp_millis() - 80_000_000),
-            0
-        );
         let time = |path: String| {
             let client = client.clone();
             let url = format!("{base}{path}");
