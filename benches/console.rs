@@ -167,7 +167,7 @@ fn main() {
                 vec!["/admin/runs?q=user77777%40example&limit=50".into()],
             ),
             (
-                "runs, a page a day back",
+                "runs, a page 90,000 runs back",
                 vec![format!("/admin/runs?limit=50&before={deep}")],
             ),
             ("run detail", vec![format!("/admin/runs/{failed_id}")]),
