@@ -552,10 +552,21 @@ impl Service {
             }
         }
         if let Some(c) = &cursor {
-            input.insert(
-                poll.cursor_input.clone(),
-                Value::String(format_cursor(&c.at, poll.cursor_format.as_deref())),
-            );
+            let at = format_cursor(&c.at, poll.cursor_format.as_deref());
+            let value = match &poll.cursor_value {
+                Some(shape) => with_cursor(shape, &at),
+                // An input declared as a number gets a number (`startAfter`
+                // in epoch ms), not the digits as a string.
+                None => match list.def().inputs.get(&poll.cursor_input).map(|i| i.ty) {
+                    Some(
+                        crate::catalog::ValueType::Integer | crate::catalog::ValueType::Number,
+                    ) => serde_json::from_str::<serde_json::Number>(&at)
+                        .map(Value::Number)
+                        .unwrap_or(Value::String(at)),
+                    _ => Value::String(at),
+                },
+            };
+            input.insert(poll.cursor_input.clone(), value);
         }
         let out = self
             .runtime
@@ -599,6 +610,20 @@ impl Service {
             .await
             .map_err(|e| e.to_string())?;
         Ok(stored.runs as usize)
+    }
+}
+
+/// `shape` with every string `{{ cursor }}` replaced by the cursor.
+fn with_cursor(shape: &Value, cursor: &str) -> Value {
+    match shape {
+        Value::String(s) if s.trim() == "{{ cursor }}" => Value::String(cursor.to_string()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| with_cursor(v, cursor)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), with_cursor(v, cursor)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -809,6 +834,45 @@ impl CheckpointSink for StoreSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_stamped_in_the_second_of_the_cursor_is_new_unless_its_id_was_seen() {
+        let mut c = PollCursor::default();
+        c.advance("2026-11-01 10:00:05", "1");
+        c.advance("2026-11-01 10:00:05", "2");
+        assert!(c.seen("2026-11-01 10:00:05", "1"));
+        assert!(!c.seen("2026-11-01 10:00:05", "3"), "same second, new id");
+        assert!(c.seen("2026-11-01 10:00:04", "9"));
+        assert!(!c.seen("2026-11-01 10:00:06", "1"));
+        let back = PollCursor::parse(&c.to_text());
+        assert_eq!(back, c);
+        // A cursor stored as a bare stamp by an older version.
+        assert_eq!(PollCursor::parse("1700000000").at, "1700000000");
+    }
+
+    #[test]
+    fn stamps_compare_as_numbers_and_instants_not_as_text() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_stamps("9", "10"), Less, "9 < 10, though '9' > '10'");
+        assert_eq!(
+            compare_stamps("2026-11-01T10:00:00+02:00", "2026-11-01T09:00:00Z"),
+            Less,
+            "08:00 UTC is before 09:00 UTC"
+        );
+        assert_eq!(
+            compare_stamps("2026-11-01T09:00:00.000Z", "2026-11-01T09:00:00Z"),
+            Equal
+        );
+    }
+
+    #[test]
+    fn the_cursor_goes_where_the_search_filter_says() {
+        let shape = serde_json::json!([{"field": "dateAdded", "operator": "range", "value": {"gte": "{{ cursor }}"}}]);
+        assert_eq!(
+            with_cursor(&shape, "2026-12-01T10:00:00.200Z"),
+            serde_json::json!([{"field": "dateAdded", "operator": "range", "value": {"gte": "2026-12-01T10:00:00.200Z"}}])
+        );
+    }
     use crate::zone::Zone;
 
     /// A transport that panics: a bug inside a run.

@@ -646,3 +646,78 @@ async fn the_operations_commands_read_the_store_of_a_running_engine() {
     assert!(!deliveries.contains(TOKEN));
     e.shutdown().await;
 }
+
+const NEW_CONTACTS: &str = r#"
+recipe: new-contacts
+trigger: { on: ghl.contacts.new, every: 1s, connection: ghl-main }
+steps:
+  - id: keep
+    action: store.put
+    with: { namespace: contacts, key: "{{ event.id }}", value: "{{ event.email }}" }
+"#;
+
+/// The HighLevel new-contact poll through the engine's own poll loop: each
+/// contact added is one run, including one added in the same millisecond
+/// as the newest the last poll saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highlevel_new_contact_poll_sees_every_new_contact_once() {
+    let (g, s) = (
+        ghl::start(ghl::GhlConfig {
+            rate_limit: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+        sendpulse::start(Default::default()).await.unwrap(),
+    );
+    let at = |ms: u32| format!("2026-12-01T10:00:0{}.{ms:03}Z", ms / 1000);
+    g.insert_contact(json!({"email": "old1@example.com", "dateAdded": at(100)}));
+    g.insert_contact(json!({"email": "old2@example.com", "dateAdded": at(200)}));
+    let e = start(&[NEW_CONTACTS], conns(&g, &s), &temp_db("ghl-poll"), 2).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let recipe = e.svc.recipes().get("new-contacts").unwrap();
+    let poll = e.svc.spawn_schedule(recipe, stop);
+    let wait = |n: usize| {
+        let e = &e;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let runs = e.runs(RunState::Completed).await;
+                if runs.len() >= n {
+                    return runs;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{} of {n} runs",
+                    runs.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait(2).await;
+    // One in the same millisecond as the newest seen, one later.
+    g.insert_contact(json!({"email": "same@example.com", "dateAdded": at(200)}));
+    g.insert_contact(json!({"email": "new@example.com", "dateAdded": at(900)}));
+    wait(4).await;
+    // Two more polls find nothing new.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = stop_tx.send(true);
+    let _ = poll.await;
+    e.settle().await;
+    let runs = e.runs(RunState::Completed).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    let polls: Vec<_> = g
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/contacts/search")
+        .collect();
+    assert!(polls.len() >= 3, "{polls:?}");
+    assert!(polls.iter().all(|r| r.status == 200), "{polls:?}");
+    assert_eq!(
+        polls.last().unwrap().body["filters"][0]["value"]["gte"],
+        json!(at(900)),
+        "the cursor goes in the search filter"
+    );
+    e.shutdown().await;
+}

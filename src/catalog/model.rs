@@ -686,6 +686,11 @@ pub struct PollDef {
     /// chrono format of the cursor input (`%Y-%m-%d %H:%M`); raw value when absent.
     #[serde(default)]
     pub cursor_format: Option<String>,
+    /// The value of `cursor_input` when the cursor sits inside it (a search
+    /// filter): every string `{{ cursor }}` in it becomes the formatted
+    /// cursor. Without it the input is the cursor itself.
+    #[serde(default)]
+    pub cursor_value: Option<Value>,
     /// Fixed inputs of the list call.
     #[serde(default)]
     pub inputs: IndexMap<String, Value>,
