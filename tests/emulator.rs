@@ -1669,3 +1669,105 @@ async fn highlevel_sends_signed_contact_webhooks_like_a_location_does() {
     .public_key()
     .is_empty());
 }
+
+#[tokio::test]
+async fn sendpulse_crm_attributes_tags_and_external_ids() {
+    let sp = Sp::start(sp_config()).await;
+    let cid = sp
+        .emu
+        .insert_crm_contact(json!({"firstName": "Ann", "externalContactId": "crm-42"}));
+    let contact = format!("/crm/v1/contacts/{cid}");
+    let (status, found) = send(sp.req(Method::GET, "/crm/v1/contacts/external/crm-42")).await;
+    assert_eq!((status, found["data"]["id"].clone()), (200, json!(cid)));
+    assert_eq!(
+        send(sp.req(Method::GET, "/crm/v1/contacts/external/nobody"))
+            .await
+            .0,
+        404
+    );
+
+    let (status, def) = send(
+        sp.req(Method::POST, "/crm/v1/contacts/attributes")
+            .json(&json!({"name": "Colour"})),
+    )
+    .await;
+    assert_eq!((status, def["data"]["type"].clone()), (200, json!(1)));
+    let attr = def["data"]["id"].as_i64().unwrap();
+    // Names are unique; a value needs a known attribute.
+    assert_eq!(
+        send(
+            sp.req(Method::POST, "/crm/v1/contacts/attributes")
+                .json(&json!({"name": "Colour"}))
+        )
+        .await
+        .0,
+        422
+    );
+    let (status, v) = send(
+        sp.req(Method::POST, &format!("{contact}/attributes"))
+            .json(&json!({"attributeId": attr, "value": "teal"})),
+    )
+    .await;
+    assert_eq!((status, v["data"]["value"].clone()), (200, json!("teal")));
+    assert_eq!(v["data"]["name"], "Colour");
+    // A batch with one bad item writes nothing.
+    let (status, _) = send(
+        sp.req(Method::POST, &format!("{contact}/attributes/batch"))
+            .json(&json!({"attributes": [{"attributeId": attr, "value": "red"}, {"attributeId": 999_999, "value": "x"}]})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["attributes"][0]["value"], "teal");
+    let (status, _) = send(
+        sp.req(Method::PUT, &format!("/crm/v1/contacts/attributes/{attr}"))
+            .json(&json!({"name": "Shade"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, values) = send(sp.req(Method::GET, &format!("{contact}/attributes"))).await;
+    assert_eq!(values["data"][0]["name"], "Shade");
+    // Deleting the definition takes its values with it.
+    let resp = sp
+        .req(
+            Method::DELETE,
+            &format!("/crm/v1/contacts/attributes/{attr}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, values) = send(sp.req(Method::GET, &format!("{contact}/attributes"))).await;
+    assert_eq!(values["data"], json!([]));
+
+    let (_, tag) = send(
+        sp.req(Method::POST, "/crm/v1/contact-tags")
+            .json(&json!({"name": "vip"})),
+    )
+    .await;
+    let tag_id = tag["data"]["id"].as_i64().unwrap();
+    sp.req(
+        Method::POST,
+        &format!("/crm/v1/contact-tags/{tag_id}/contact/{cid}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let (status, renamed) = send(
+        sp.req(Method::PUT, &format!("/crm/v1/contact-tags/{tag_id}"))
+            .json(&json!({"name": "gold"})),
+    )
+    .await;
+    assert_eq!(
+        (status, renamed["data"]["contactCount"].clone()),
+        (200, json!(1))
+    );
+    let resp = sp
+        .req(Method::DELETE, &format!("/crm/v1/contact-tags/{tag_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["tags"], json!([]));
+}

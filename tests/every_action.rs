@@ -48,6 +48,9 @@ const EMPTY_ANSWER: &[&str] = &[
     "sendpulse.crm.tasks.delete",
     "sendpulse.crm.tags.attach",
     "sendpulse.crm.tags.detach",
+    "sendpulse.crm.tags.delete",
+    "sendpulse.crm.attributes.delete",
+    "sendpulse.crm.contacts.delete_attribute",
 ];
 
 // Seeded records.
@@ -164,6 +167,12 @@ impl Fixtures {
             ("sendpulse.subscribers.find_by_variable", "name") => json!("city"),
             ("sendpulse.addressbooks.rename", "name") => json!("Main (renamed)"),
             ("sendpulse.crm.tags.create", "name") => json!("vip"),
+            ("sendpulse.crm.tags.rename", "name") => json!("very important"),
+            ("sendpulse.crm.attributes.create", "name") => json!("Favourite colour"),
+            ("sendpulse.crm.attributes.update", "name") => json!("Colour"),
+            ("sendpulse.crm.contacts.set_attributes", "attributes") => json!([
+                {"attributeId": self.created("sendpulse.crm.attributes.create"), "value": "teal"}
+            ]),
             _ => match (connector, name) {
                 // ------------------------------------------------- HighLevel
                 ("ghl", "contactId") => json!(self.ghl_contact),
@@ -235,6 +244,8 @@ impl Fixtures {
                     "taskId" => self.created("sendpulse.crm.tasks.create"),
                     "commentId" => self.created("sendpulse.crm.notes.create"),
                     "tagId" => self.created("sendpulse.crm.tags.create"),
+                    "attributeId" => self.created("sendpulse.crm.attributes.create"),
+                    "type" => json!(1),
                     "tags" | "tagIds" => json!([self.created("sendpulse.crm.tags.create")]),
                     "ids" => json!([self.crm_contact]),
                     "contacts" => json!(self.crm_contact.to_string()),
@@ -287,13 +298,20 @@ fn phase(op: &OpRef) -> u8 {
     match name.rsplit('.').next().unwrap_or(name) {
         "create" | "upsert" => 0,
         "add" | "add_emails" | "add_phone" | "attach" | "comment" | "bulk_business"
-        | "bulk_update" => 1,
-        "update" | "rename" | "complete" | "status" | "update_variables" => 3,
+        | "bulk_update" | "set_attribute" | "set_attributes" => 1,
+        "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute" => 3,
         "remove" | "remove_all" | "unsubscribe" | "detach" => 4,
+        "delete_attribute" => 5,
+        // Definitions go after the values that use them.
         "delete"
-            if ["contacts.", "crm.contacts.", "addressbooks."]
-                .iter()
-                .any(|p| name.starts_with(p)) =>
+            if [
+                "contacts.",
+                "crm.contacts.",
+                "crm.attributes.",
+                "addressbooks.",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p)) =>
         {
             6
         }

@@ -248,6 +248,8 @@ struct St {
     contacts: BTreeMap<i64, Value>,
     tasks: BTreeMap<i64, Value>,
     tags: BTreeMap<i64, Value>,
+    /// Contact attribute definitions.
+    attributes: BTreeMap<i64, Value>,
     next_book: i64,
     next_contact: i64,
     next_task: i64,
@@ -476,6 +478,7 @@ impl St {
             .filter_map(|t| self.tag_view(t.as_i64()?))
             .collect();
         c["tags"] = Value::Array(tags);
+        c["attributes"] = self.attribute_values(&c);
         let tasks: Vec<i64> = self
             .tasks
             .values()
@@ -484,6 +487,29 @@ impl St {
             .collect();
         c["tasks"] = json!(tasks);
         c
+    }
+
+    /// A contact's attribute values `{id, value}` joined with their
+    /// definitions, as the API shows them; values of deleted definitions
+    /// are gone.
+    fn attribute_values(&self, c: &Value) -> Value {
+        let values = c["attributes"].as_array().into_iter().flatten();
+        Value::Array(
+            values
+                .filter_map(|v| {
+                    let mut def = self.attributes.get(&v["id"].as_i64()?)?.clone();
+                    def["value"] = v["value"].clone();
+                    Some(def)
+                })
+                .collect(),
+        )
+    }
+
+    fn attribute_id(&self, id: &str) -> Result<i64, Response> {
+        id.parse()
+            .ok()
+            .filter(|id| self.attributes.contains_key(id))
+            .ok_or_else(not_found)
     }
 
     fn tag_view(&self, id: i64) -> Option<Value> {
@@ -563,6 +589,30 @@ fn router(shared: Arc<Shared>) -> Router {
             post(crm_contacts_by_email),
         )
         .route(
+            "/crm/v1/contacts/external/{externalContactId}",
+            get(crm_contact_by_external_id),
+        )
+        .route(
+            "/crm/v1/contacts/attributes",
+            get(crm_attributes_list).post(crm_attribute_create),
+        )
+        .route(
+            "/crm/v1/contacts/attributes/{attributeId}",
+            axum::routing::put(crm_attribute_update).delete(crm_attribute_delete),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes",
+            get(crm_values_get).post(crm_value_set),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes/batch",
+            post(crm_values_batch),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes/{attributeId}",
+            axum::routing::put(crm_value_update).delete(crm_value_delete),
+        )
+        .route(
             "/crm/v1/contacts/{contactId}",
             get(crm_contact_get)
                 .put(crm_contact_update)
@@ -581,6 +631,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/crm/v1/contact-tags",
             get(crm_tags_list).post(crm_tag_create),
+        )
+        .route(
+            "/crm/v1/contact-tags/{tagId}",
+            axum::routing::put(crm_tag_rename).delete(crm_tag_delete),
         )
         .route(
             "/crm/v1/contact-tags/{tagId}/contact/{contactId}",
@@ -1682,20 +1736,7 @@ async fn crm_tags_list(State(s): S, req: Req) -> Out {
 async fn crm_tag_create(State(s): S, req: Req) -> Out {
     let mut st = s.authed(&req)?;
     let body = req.body()?;
-    let Some(name) = body
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.trim().is_empty())
-    else {
-        return Err(crm422("name", "The name field is required."));
-    };
-    if st.tags.values().any(|t| {
-        t["name"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(name))
-    }) {
-        return Err(crm422("name", "The name has already been taken."));
-    }
+    let name = tag_name(&st, &body, None)?.to_string();
     let id = st.id();
     st.tags.insert(
         id,
@@ -1732,6 +1773,240 @@ async fn crm_tag_detach(State(s): S, Path((tag, id)): Path<(String, String)>, re
     if let Some(list) = c.get_mut("tags").and_then(Value::as_array_mut) {
         list.retain(|x| x.as_i64() != Some(tag));
     }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(no_content())
+}
+
+fn tag_name<'a>(st: &St, body: &'a Value, except: Option<i64>) -> Result<&'a str, Response> {
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty())
+    else {
+        return Err(crm422("name", "The name field is required."));
+    };
+    if st.tags.iter().any(|(id, t)| {
+        Some(*id) != except
+            && t["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    }) {
+        return Err(crm422("name", "The name has already been taken."));
+    }
+    Ok(name)
+}
+
+async fn crm_tag_rename(State(s): S, Path(tag): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let tag = tag_id(&st, &tag)?;
+    let name = tag_name(&st, &body, Some(tag))?.to_string();
+    if let Some(t) = st.tags.get_mut(&tag) {
+        t["name"] = json!(name);
+    }
+    Ok(data(200, st.tag_view(tag).unwrap_or_default()))
+}
+
+async fn crm_tag_delete(State(s): S, Path(tag): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let tag = tag_id(&st, &tag)?;
+    st.tags.remove(&tag);
+    let st = &mut *st;
+    for r in st.contacts.values_mut().chain(st.tasks.values_mut()) {
+        if let Some(list) = r["tags"].as_array_mut() {
+            list.retain(|x| x.as_i64() != Some(tag));
+        }
+    }
+    Ok(no_content())
+}
+
+// ------------------------------------------------------ CRM: attributes
+
+async fn crm_contact_by_external_id(State(s): S, Path(ext): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let c = st
+        .contacts
+        .values()
+        .find(|c| c["externalContactId"].as_str() == Some(ext.as_str()))
+        .ok_or_else(not_found)?;
+    Ok(data(200, st.contact_view(c)))
+}
+
+async fn crm_attributes_list(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    Ok(data(
+        200,
+        Value::Array(st.attributes.values().cloned().collect()),
+    ))
+}
+
+fn attribute_name<'a>(st: &St, body: &'a Value, except: Option<i64>) -> Result<&'a str, Response> {
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty())
+    else {
+        return Err(crm422("name", "The name field is required."));
+    };
+    if st
+        .attributes
+        .iter()
+        .any(|(id, a)| Some(*id) != except && a["name"] == name)
+    {
+        return Err(crm422("name", "The name has already been taken."));
+    }
+    Ok(name)
+}
+
+async fn crm_attribute_create(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let name = attribute_name(&st, &body, None)?.to_string();
+    let ty = match body.get("type") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_i64()
+            .filter(|t| (1..=10).contains(t))
+            .ok_or_else(|| crm422("type", "The type must be an integer from 1 to 10."))?,
+    };
+    let id = st.id();
+    let def = json!({"id": id, "name": name, "type": ty, "status": 1, "mandatory": false});
+    st.attributes.insert(id, def.clone());
+    Ok(data(200, def))
+}
+
+async fn crm_attribute_update(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let id = st.attribute_id(&id)?;
+    let name = attribute_name(&st, &body, Some(id))?.to_string();
+    let def = st.attributes.get_mut(&id).ok_or_else(not_found)?;
+    def["name"] = json!(name);
+    Ok(data(200, def.clone()))
+}
+
+async fn crm_attribute_delete(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let id = st.attribute_id(&id)?;
+    st.attributes.remove(&id);
+    for c in st.contacts.values_mut() {
+        if let Some(list) = c["attributes"].as_array_mut() {
+            list.retain(|v| v["id"].as_i64() != Some(id));
+        }
+    }
+    Ok(no_content())
+}
+
+/// An attribute value as sent: a string of at most 5,500 characters.
+fn attribute_value(body: &Value) -> Result<String, Response> {
+    match body.get("value") {
+        Some(Value::String(v)) if v.chars().count() > 5_500 => Err(crm422(
+            "value",
+            "The value may not be greater than 5500 characters.",
+        )),
+        Some(Value::String(v)) => Ok(v.clone()),
+        _ => Err(crm422("value", "The value field is required.")),
+    }
+}
+
+/// Sets one value on a contact (replacing any earlier one).
+fn set_value(st: &mut St, contact: &str, attribute: i64, value: String) -> Result<(), Response> {
+    let c = st.contact_mut(contact)?;
+    let list = c.entry("attributes").or_insert(json!([]));
+    if let Some(list) = list.as_array_mut() {
+        list.retain(|v| v["id"].as_i64() != Some(attribute));
+        list.push(json!({"id": attribute, "value": value}));
+    }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(())
+}
+
+/// The contact's value of one attribute, as the API shows it.
+fn value_view(st: &mut St, contact: &str, attribute: i64) -> Result<Value, Response> {
+    let c = Value::Object(st.contact_mut(contact)?.clone());
+    st.attribute_values(&c)
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["id"] == attribute).cloned())
+        .ok_or_else(not_found)
+}
+
+async fn crm_values_get(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let c = Value::Object(st.contact_mut(&id)?.clone());
+    Ok(data(200, st.attribute_values(&c)))
+}
+
+fn attribute_ref(st: &St, body: &Value) -> Result<i64, Response> {
+    let id = body
+        .get("attributeId")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| crm422("attributeId", "The attribute id field is required."))?;
+    if !st.attributes.contains_key(&id) {
+        return Err(crm422(
+            "attributeId",
+            "The selected attribute id is invalid.",
+        ));
+    }
+    Ok(id)
+}
+
+async fn crm_value_set(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let attribute = attribute_ref(&st, &body)?;
+    let value = attribute_value(&body)?;
+    set_value(&mut st, &id, attribute, value)?;
+    Ok(data(200, value_view(&mut st, &id, attribute)?))
+}
+
+async fn crm_values_batch(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let Some(items) = body.get("attributes").and_then(Value::as_array) else {
+        return Err(crm422("attributes", "The attributes field is required."));
+    };
+    // All checked before any is written: a batch applies whole or not at all.
+    let mut checked = Vec::with_capacity(items.len());
+    for item in items {
+        checked.push((attribute_ref(&st, item)?, attribute_value(item)?));
+    }
+    let mut out = Vec::with_capacity(checked.len());
+    for (attribute, value) in checked {
+        set_value(&mut st, &id, attribute, value)?;
+        out.push(value_view(&mut st, &id, attribute)?);
+    }
+    Ok(data(201, Value::Array(out)))
+}
+
+async fn crm_value_update(
+    State(s): S,
+    Path((id, attribute)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let attribute = st.attribute_id(&attribute)?;
+    let value = attribute_value(&body)?;
+    set_value(&mut st, &id, attribute, value)?;
+    Ok(data(200, value_view(&mut st, &id, attribute)?))
+}
+
+async fn crm_value_delete(
+    State(s): S,
+    Path((id, attribute)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let attribute = st.attribute_id(&attribute)?;
+    let c = st.contact_mut(&id)?;
+    let list = c.get_mut("attributes").and_then(Value::as_array_mut);
+    let Some(list) = list.filter(|l| l.iter().any(|v| v["id"] == attribute)) else {
+        return Err(not_found());
+    };
+    list.retain(|v| v["id"] != attribute);
     c.insert("updatedAt".into(), json!(now()));
     Ok(no_content())
 }
