@@ -40,13 +40,23 @@ pub struct Connector {
     /// Each operation's `connector.operation` id, made at its first use:
     /// the engine names an event's operation several times per event.
     ids: Vec<OnceLock<String>>,
+    /// Each operation's compiled `output` JSONPath, made at its first use;
+    /// it travels with the operation, so a run keeps the declaration it
+    /// started with across a catalog reload.
+    outputs: Vec<OnceLock<Option<jsonpath::JsonPath>>>,
 }
 
 impl Connector {
     /// A connector declared by `source`.
     pub fn new(def: ConnectorDef, source: String) -> Connector {
         let ids = (0..def.operations.len()).map(|_| OnceLock::new()).collect();
-        Connector { def, source, ids }
+        let outputs = (0..def.operations.len()).map(|_| OnceLock::new()).collect();
+        Connector {
+            def,
+            source,
+            ids,
+            outputs,
+        }
     }
 }
 
@@ -88,6 +98,24 @@ impl OpRef {
     /// The connector declaration.
     pub fn connector(&self) -> &ConnectorDef {
         &self.connector.def
+    }
+
+    /// The compiled `output` path; `None` when the operation has none (or
+    /// it does not compile, which loading reports).
+    pub fn output(&self) -> Option<&jsonpath::JsonPath> {
+        self.connector.outputs[self.index]
+            .get_or_init(|| {
+                self.def()
+                    .output
+                    .as_deref()
+                    .and_then(|p| jsonpath::compile(p).ok())
+            })
+            .as_ref()
+    }
+
+    /// Whether both name the same declaration of the same loaded connector.
+    pub fn same_as(&self, other: &OpRef) -> bool {
+        Arc::ptr_eq(&self.connector, &other.connector) && self.index == other.index
     }
 
     /// Whether this is a trigger (webhook or poll).
