@@ -111,6 +111,12 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.contacts.delete", "DELETE", "/crm/v1/contacts/{contactId}", &["contactId"]),
     ("sendpulse.crm.contacts.add_phone", "POST", "/crm/v1/contacts/{contactId}/phones", &["contactId", "phone"]),
     ("sendpulse.crm.contacts.add_emails", "POST", "/crm/v1/contacts/{contactId}/emails", &["contactId"]),
+    ("sendpulse.crm.contacts.update_phone", "PUT", "/crm/v1/contacts/{contactId}/phones/{phoneId}", &["contactId", "phoneId", "phone"]),
+    ("sendpulse.crm.contacts.delete_phone", "DELETE", "/crm/v1/contacts/{contactId}/phones/{phoneId}", &["contactId", "phoneId"]),
+    // The reference gives no bodies for the email and phone edits; they take
+    // what the add calls take.
+    ("sendpulse.crm.contacts.update_email", "PUT", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId", "email"]),
+    ("sendpulse.crm.contacts.delete_email", "DELETE", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId"]),
     ("sendpulse.crm.contacts.find_by_external_id", "GET", "/crm/v1/contacts/external/{externalContactId}", &["externalContactId"]),
     // The reference does not give the definition body; a name is the least
     // an attribute needs. Values are `{attributeId*, value*}`.
@@ -141,6 +147,8 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.tasks.delete", "DELETE", "/crm/v1/tasks/{taskId}", &["taskId"]),
     ("sendpulse.crm.tasks.comment", "POST", "/crm/v1/tasks/{taskId}/comments", &["taskId"]),
     ("sendpulse.crm.tasks.attach", "POST", "/crm/v1/tasks/{taskId}/entity-attach", &["taskId"]),
+    ("sendpulse.crm.tasks.update_comment", "PUT", "/crm/v1/tasks/{taskId}/comments/{commentId}", &["taskId", "commentId", "message"]),
+    ("sendpulse.crm.tasks.detach_contact", "DELETE", "/crm/v1/task-contacts/{taskId}/contact/{contactId}", &["taskId", "contactId"]),
     ("sendpulse.crm.boards.list", "GET", "/crm/v1/boards", &[]),
 ];
 

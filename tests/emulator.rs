@@ -1771,3 +1771,113 @@ async fn sendpulse_crm_attributes_tags_and_external_ids() {
     let (_, got) = send(sp.req(Method::GET, &contact)).await;
     assert_eq!(got["data"]["tags"], json!([]));
 }
+
+#[tokio::test]
+async fn sendpulse_crm_phone_email_and_task_link_edits() {
+    let sp = Sp::start(sp_config()).await;
+    let cid = sp.emu.insert_crm_contact(json!({"firstName": "Ann"}));
+    let contact = format!("/crm/v1/contacts/{cid}");
+    let (_, added) = send(
+        sp.req(Method::POST, &format!("{contact}/emails"))
+            .json(&json!({"emails": [{"email": "a@example.com"}, {"email": "b@example.com"}]})),
+    )
+    .await;
+    let (a, b) = (
+        added["data"][0]["id"].as_i64().unwrap(),
+        added["data"][1]["id"].as_i64().unwrap(),
+    );
+    // Making b main takes it from a.
+    let (status, upd) = send(
+        sp.req(Method::PUT, &format!("{contact}/emails/{b}"))
+            .json(&json!({"email": "b2@example.com", "isMain": true})),
+    )
+    .await;
+    assert_eq!((status, upd["data"]["isMain"].clone()), (200, json!(true)));
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["emails"][0]["isMain"], false);
+    // Deleting the main one makes the first left main.
+    let resp = sp
+        .req(Method::DELETE, &format!("{contact}/emails/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(
+        got["data"]["emails"],
+        json!([{"id": a, "email": "a@example.com", "isMain": true}])
+    );
+    assert_eq!(
+        send(
+            sp.req(Method::PUT, &format!("{contact}/emails/{a}"))
+                .json(&json!({"email": "not an email"}))
+        )
+        .await
+        .0,
+        422
+    );
+
+    let (_, phone) = send(
+        sp.req(Method::POST, &format!("{contact}/phones"))
+            .json(&json!({"phone": "+380501234567"})),
+    )
+    .await;
+    let p = phone["data"]["id"].as_i64().unwrap();
+    let (status, upd) = send(
+        sp.req(Method::PUT, &format!("{contact}/phones/{p}"))
+            .json(&json!({"phone": "+380509999999"})),
+    )
+    .await;
+    assert_eq!(
+        (status, upd["data"]["phone"].clone()),
+        (200, json!("+380509999999"))
+    );
+    let resp = sp
+        .req(Method::DELETE, &format!("{contact}/phones/{p}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(
+        sp.req(Method::DELETE, &format!("{contact}/phones/{p}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    let tid = sp
+        .emu
+        .insert_crm_task(json!({"name": "Call Ann", "contacts": [cid]}));
+    let (_, c) = send(
+        sp.req(Method::POST, &format!("/crm/v1/tasks/{tid}/comments"))
+            .json(&json!({"message": "first"})),
+    )
+    .await;
+    let comment = c["data"]["id"].as_i64().unwrap();
+    let (status, upd) = send(
+        sp.req(
+            Method::PUT,
+            &format!("/crm/v1/tasks/{tid}/comments/{comment}"),
+        )
+        .json(&json!({"message": "second"})),
+    )
+    .await;
+    assert_eq!(
+        (status, upd["data"]["body"].clone()),
+        (200, json!("second"))
+    );
+    let resp = sp
+        .req(
+            Method::DELETE,
+            &format!("/crm/v1/task-contacts/{tid}/contact/{cid}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["tasks"], json!([]));
+}

@@ -51,6 +51,9 @@ const EMPTY_ANSWER: &[&str] = &[
     "sendpulse.crm.tags.delete",
     "sendpulse.crm.attributes.delete",
     "sendpulse.crm.contacts.delete_attribute",
+    "sendpulse.crm.contacts.delete_phone",
+    "sendpulse.crm.contacts.delete_email",
+    "sendpulse.crm.tasks.detach_contact",
 ];
 
 // Seeded records.
@@ -168,6 +171,10 @@ impl Fixtures {
             ("sendpulse.addressbooks.rename", "name") => json!("Main (renamed)"),
             ("sendpulse.crm.tags.create", "name") => json!("vip"),
             ("sendpulse.crm.tags.rename", "name") => json!("very important"),
+            ("sendpulse.crm.tasks.update_comment", "commentId") => {
+                self.created("sendpulse.crm.tasks.comment")
+            }
+            ("sendpulse.crm.contacts.update_email", "email") => json!("jane.doe@example.com"),
             ("sendpulse.crm.attributes.create", "name") => json!("Favourite colour"),
             ("sendpulse.crm.attributes.update", "name") => json!("Colour"),
             ("sendpulse.crm.contacts.set_attributes", "attributes") => json!([
@@ -245,6 +252,9 @@ impl Fixtures {
                     "commentId" => self.created("sendpulse.crm.notes.create"),
                     "tagId" => self.created("sendpulse.crm.tags.create"),
                     "attributeId" => self.created("sendpulse.crm.attributes.create"),
+                    "phoneId" => self.created("sendpulse.crm.contacts.add_phone"),
+                    "emailId" => self.created("sendpulse.crm.contacts.add_emails"),
+                    "isMain" => json!(true),
                     "type" => json!(1),
                     "tags" | "tagIds" => json!([self.created("sendpulse.crm.tags.create")]),
                     "ids" => json!([self.crm_contact]),
@@ -299,9 +309,10 @@ fn phase(op: &OpRef) -> u8 {
         "create" | "upsert" => 0,
         "add" | "add_emails" | "add_phone" | "attach" | "comment" | "bulk_business"
         | "bulk_update" | "set_attribute" | "set_attributes" => 1,
-        "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute" => 3,
-        "remove" | "remove_all" | "unsubscribe" | "detach" => 4,
-        "delete_attribute" => 5,
+        "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute"
+        | "update_phone" | "update_email" | "update_comment" => 3,
+        "remove" | "remove_all" | "unsubscribe" | "detach" | "detach_contact" => 4,
+        "delete_attribute" | "delete_phone" | "delete_email" => 5,
         // Definitions go after the values that use them.
         "delete"
             if [
@@ -541,7 +552,14 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         let full = complete_input(op, Some(conn), &input).unwrap();
         check_request(op, &full, &recs[0]);
         check_output(op, &full, &out);
-        if let Some(new_id) = out.get("id").filter(|_| op.name().ends_with("create")) {
+        // Created records, for the actions that address them later; a
+        // list answer (emails added) gives its first record.
+        let creates = ["create", "comment", "add_phone", "add_emails"];
+        let last = op.name().rsplit('.').next().unwrap_or_default();
+        let record = out
+            .get("id")
+            .or_else(|| out.get(0).and_then(|o| o.get("id")));
+        if let Some(new_id) = record.filter(|_| creates.contains(&last)) {
             fx.created.insert(id.clone(), new_id.clone());
         }
         covered.insert(id);

@@ -621,6 +621,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/crm/v1/contacts/{contactId}/phones", post(crm_phone_add))
         .route("/crm/v1/contacts/{contactId}/emails", post(crm_emails_add))
         .route(
+            "/crm/v1/contacts/{contactId}/phones/{phoneId}",
+            axum::routing::put(crm_phone_update).delete(crm_phone_delete),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/emails/{emailId}",
+            axum::routing::put(crm_email_update).delete(crm_email_delete),
+        )
+        .route(
+            "/crm/v1/tasks/{taskId}/comments/{commentId}",
+            axum::routing::put(crm_task_comment_update),
+        )
+        .route(
+            "/crm/v1/task-contacts/{taskId}/contact/{contactId}",
+            axum::routing::delete(crm_task_contact_detach),
+        )
+        .route(
             "/crm/v1/contacts/{contactId}/comments",
             post(crm_note_create),
         )
@@ -1651,6 +1667,115 @@ async fn crm_emails_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     Ok(data(200, Value::Array(out)))
 }
 
+/// The entry `item_id` of a contact's `field` list (phones, emails).
+fn entry_mut<'a>(
+    c: &'a mut Map<String, Value>,
+    field: &str,
+    item_id: &str,
+) -> Result<&'a mut Value, Response> {
+    let id: i64 = item_id.parse().map_err(|_| not_found())?;
+    c.get_mut(field)
+        .and_then(Value::as_array_mut)
+        .and_then(|l| l.iter_mut().find(|e| e["id"] == id))
+        .ok_or_else(not_found)
+}
+
+/// Removes entry `item_id` from a contact's `field` list; the first left
+/// becomes main when the main one goes.
+fn remove_entry(c: &mut Map<String, Value>, field: &str, item_id: &str) -> Result<(), Response> {
+    let id: i64 = item_id.parse().map_err(|_| not_found())?;
+    let list = c
+        .get_mut(field)
+        .and_then(Value::as_array_mut)
+        .ok_or_else(not_found)?;
+    let at = list
+        .iter()
+        .position(|e| e["id"] == id)
+        .ok_or_else(not_found)?;
+    let was_main = list.remove(at)["isMain"] == true;
+    if was_main {
+        if let Some(first) = list.first_mut() {
+            first["isMain"] = json!(true);
+        }
+    }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(())
+}
+
+async fn crm_phone_update(
+    State(s): S,
+    Path((id, phone_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let Some(phone) = body
+        .get("phone")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    else {
+        return Err(crm422("phone", "The phone field is required."));
+    };
+    let c = st.contact_mut(&id)?;
+    let entry = entry_mut(c, "phones", &phone_id)?;
+    entry["phone"] = json!(phone);
+    let entry = entry.clone();
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_phone_delete(
+    State(s): S,
+    Path((id, phone_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    remove_entry(st.contact_mut(&id)?, "phones", &phone_id)?;
+    Ok(no_content())
+}
+
+async fn crm_email_update(
+    State(s): S,
+    Path((id, email_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let Some(email) = body
+        .get("email")
+        .and_then(Value::as_str)
+        .filter(|e| is_email(e))
+    else {
+        return Err(crm422("email", "The email must be a valid email address."));
+    };
+    let main = body.get("isMain") == Some(&json!(true));
+    let c = st.contact_mut(&id)?;
+    entry_mut(c, "emails", &email_id)?;
+    if main {
+        for e in c["emails"].as_array_mut().into_iter().flatten() {
+            e["isMain"] = json!(false);
+        }
+    }
+    let entry = entry_mut(c, "emails", &email_id)?;
+    entry["email"] = json!(email);
+    if main {
+        entry["isMain"] = json!(true);
+    }
+    let entry = entry.clone();
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_email_delete(
+    State(s): S,
+    Path((id, email_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    remove_entry(st.contact_mut(&id)?, "emails", &email_id)?;
+    Ok(no_content())
+}
+
 fn message(body: &Value) -> Result<String, Response> {
     match body.get("message") {
         Some(Value::String(m)) if m.chars().count() > 65_535 => Err(crm422(
@@ -2223,6 +2348,43 @@ async fn crm_task_comment(State(s): S, Path(id): Path<String>, req: Req) -> Out 
     }
     t.insert("updatedAt".into(), json!(now));
     Ok(data(201, comment))
+}
+
+async fn crm_task_comment_update(
+    State(s): S,
+    Path((id, comment_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.task_mut(&id)?;
+    let text = message(&body)?;
+    let now = now();
+    let t = st.task_mut(&id)?;
+    let comments = t.entry("comments").or_insert(json!([]));
+    let comment = comment_mut(comments, &comment_id).ok_or_else(not_found)?;
+    comment["body"] = json!(text);
+    comment["updatedAt"] = json!(now);
+    let comment = comment.clone();
+    t.insert("updatedAt".into(), json!(now));
+    Ok(data(200, comment))
+}
+
+async fn crm_task_contact_detach(
+    State(s): S,
+    Path((id, contact)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let cid: i64 = contact.parse().map_err(|_| not_found())?;
+    let t = st.task_mut(&id)?;
+    let list = t.get_mut("contacts").and_then(Value::as_array_mut);
+    let Some(list) = list.filter(|l| links(&Value::Array(l.to_vec()), cid)) else {
+        return Err(not_found());
+    };
+    list.retain(|x| x.as_i64() != Some(cid));
+    t.insert("updatedAt".into(), json!(now()));
+    Ok(no_content())
 }
 
 async fn crm_task_attach(State(s): S, Path(id): Path<String>, req: Req) -> Out {
