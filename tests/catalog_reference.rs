@@ -101,6 +101,11 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.emails.books", "GET", "/emails/{email}", &["email"]),
     ("sendpulse.emails.details", "GET", "/emails/{email}/details", &["email"]),
     ("sendpulse.emails.delete", "DELETE", "/emails/{email}", &["email"]),
+    ("sendpulse.webhooks.list", "GET", "/v2/email-service/webhook", &[]),
+    ("sendpulse.webhooks.get", "GET", "/v2/email-service/webhook/{id}", &["id"]),
+    ("sendpulse.webhooks.create", "POST", "/v2/email-service/webhook/", &["url", "actions"]),
+    ("sendpulse.webhooks.set_url", "PUT", "/v2/email-service/webhook/{id}", &["id", "url"]),
+    ("sendpulse.webhooks.delete", "DELETE", "/v2/email-service/webhook/{id}", &["id"]),
     // ---------------------------------------------------------- SendPulse CRM
     ("sendpulse.crm.users.list", "GET", "/crm/v1/users", &[]),
     ("sendpulse.crm.contacts.list", "POST", "/crm/v1/contacts/get-list", &[]),

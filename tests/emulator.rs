@@ -1881,3 +1881,43 @@ async fn sendpulse_crm_phone_email_and_task_link_edits() {
     let (_, got) = send(sp.req(Method::GET, &contact)).await;
     assert_eq!(got["data"]["tasks"], json!([]));
 }
+
+#[tokio::test]
+async fn sendpulse_webhook_management_keeps_one_row_per_action() {
+    let sp = Sp::start(sp_config()).await;
+    let (status, _) = send(
+        sp.req(Method::POST, "/v2/email-service/webhook/")
+            .json(&json!({"url": "https://hooks.example.com/a", "actions": ["open", "nonsense"]})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, made) = send(
+        sp.req(Method::POST, "/v2/email-service/webhook/")
+            .json(&json!({"url": "https://hooks.example.com/a", "actions": ["open", "spam"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows = made["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["action"].clone(), rows[1]["action"].clone()),
+        (json!("open"), json!("spam"))
+    );
+    let id = rows[0]["id"].as_i64().unwrap();
+    let path = format!("/v2/email-service/webhook/{id}");
+    let (status, done) = send(
+        sp.req(Method::PUT, &path)
+            .json(&json!({"url": "https://hooks.example.com/b"})),
+    )
+    .await;
+    assert_eq!(
+        (status, done),
+        (200, json!({"success": true, "data": [true]}))
+    );
+    let (_, got) = send(sp.req(Method::GET, &path)).await;
+    assert_eq!(got["data"]["url"], "https://hooks.example.com/b");
+    assert_eq!(send(sp.req(Method::DELETE, &path)).await.0, 200);
+    assert_eq!(send(sp.req(Method::GET, &path)).await.0, 404);
+    let (_, list) = send(sp.req(Method::GET, "/v2/email-service/webhook")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}

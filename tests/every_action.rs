@@ -171,6 +171,14 @@ impl Fixtures {
             ("sendpulse.addressbooks.rename", "name") => json!("Main (renamed)"),
             ("sendpulse.crm.tags.create", "name") => json!("vip"),
             ("sendpulse.crm.tags.rename", "name") => json!("very important"),
+            (
+                "sendpulse.webhooks.get"
+                | "sendpulse.webhooks.set_url"
+                | "sendpulse.webhooks.delete",
+                "id",
+            ) => self.created("sendpulse.webhooks.create"),
+            ("sendpulse.webhooks.create", "actions") => json!(["unsubscribe", "open"]),
+            ("sendpulse.webhooks.set_url", "url") => json!("https://hooks.example.com/sp-2"),
             ("sendpulse.crm.tasks.update_comment", "commentId") => {
                 self.created("sendpulse.crm.tasks.comment")
             }
@@ -255,6 +263,7 @@ impl Fixtures {
                     "phoneId" => self.created("sendpulse.crm.contacts.add_phone"),
                     "emailId" => self.created("sendpulse.crm.contacts.add_emails"),
                     "isMain" => json!(true),
+                    "url" => json!("https://hooks.example.com/sp"),
                     "type" => json!(1),
                     "tags" | "tagIds" => json!([self.created("sendpulse.crm.tags.create")]),
                     "ids" => json!([self.crm_contact]),
@@ -310,7 +319,7 @@ fn phase(op: &OpRef) -> u8 {
         "add" | "add_emails" | "add_phone" | "attach" | "comment" | "bulk_business"
         | "bulk_update" | "set_attribute" | "set_attributes" => 1,
         "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute"
-        | "update_phone" | "update_email" | "update_comment" => 3,
+        | "update_phone" | "update_email" | "update_comment" | "set_url" => 3,
         "remove" | "remove_all" | "unsubscribe" | "detach" | "detach_contact" => 4,
         "delete_attribute" | "delete_phone" | "delete_email" => 5,
         // Definitions go after the values that use them.
@@ -432,8 +441,10 @@ fn check_output(op: &OpRef, input: &Map<String, Value>, out: &Value) {
     }
     match op.name().rsplit('.').next().unwrap_or_default() {
         "create" | "upsert" | "comment" | "add_phone" => {
+            // Webhooks are created one per action: a list of records.
+            let record = out.get(0).unwrap_or(out);
             assert!(
-                out.get("id").is_some_and(|v| !v.is_null()),
+                record.get("id").is_some_and(|v| !v.is_null()),
                 "{id}: no id in {out}"
             )
         }

@@ -250,6 +250,8 @@ struct St {
     tags: BTreeMap<i64, Value>,
     /// Contact attribute definitions.
     attributes: BTreeMap<i64, Value>,
+    /// Email-service webhooks, one per action.
+    webhooks: BTreeMap<i64, Value>,
     next_book: i64,
     next_contact: i64,
     next_task: i64,
@@ -578,6 +580,15 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/addressbooks/{id}/emails/{email}", get(subscriber_get))
         .route("/emails/{email}", get(email_books).delete(email_delete))
         .route("/emails/{email}/details", get(email_details))
+        .route(
+            "/v2/email-service/webhook",
+            get(webhooks_list).post(webhooks_create),
+        )
+        .route("/v2/email-service/webhook/", post(webhooks_create))
+        .route(
+            "/v2/email-service/webhook/{id}",
+            get(webhook_get).put(webhook_set_url).delete(webhook_delete),
+        )
         // CRM
         .route("/crm/v1/users", get(crm_users))
         .route("/crm/v1/boards", get(crm_boards))
@@ -1271,6 +1282,100 @@ async fn email_delete(State(s): S, Path(email): Path<String>, req: Req) -> Out {
 }
 
 // ------------------------------------------------------------ CRM: misc
+
+// ------------------------------------------------- webhook management
+
+/// The email-service webhook actions (reference §5.1).
+const WEBHOOK_ACTIONS: [&str; 10] = [
+    "new_emails",
+    "delete",
+    "unsubscribe",
+    "delivered",
+    "open",
+    "redirect",
+    "spam",
+    "hard_bounces",
+    "soft_bounces",
+    "task_status_update",
+];
+
+fn success(value: Value) -> Response {
+    respond(200, json!({"success": true, "data": value}))
+}
+
+fn webhook_url(body: &Value) -> Result<String, Response> {
+    body.get("url")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .map(str::to_string)
+        .ok_or_else(|| e422("Argument url must be an http(s) URL"))
+}
+
+fn webhook_id(st: &St, id: &str) -> Result<i64, Response> {
+    id.parse()
+        .ok()
+        .filter(|id| st.webhooks.contains_key(id))
+        .ok_or_else(|| err(404, "Webhook not found", 404))
+}
+
+async fn webhooks_list(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    Ok(success(Value::Array(
+        st.webhooks.values().cloned().collect(),
+    )))
+}
+
+async fn webhook_get(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let id = webhook_id(&st, &id)?;
+    Ok(success(st.webhooks[&id].clone()))
+}
+
+async fn webhooks_create(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let url = webhook_url(&body)?;
+    let Some(actions) = body
+        .get("actions")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    else {
+        return Err(e422("Argument actions missing"));
+    };
+    let mut names = Vec::new();
+    for a in actions {
+        match a.as_str().filter(|a| WEBHOOK_ACTIONS.contains(a)) {
+            Some(a) => names.push(a.to_string()),
+            None => return Err(e422(&format!("Unknown action {a}"))),
+        }
+    }
+    let mut rows = Vec::new();
+    for action in names {
+        let id = st.id();
+        let row = json!({"id": id, "user_id": OWNER_ID, "url": url, "action": action});
+        st.webhooks.insert(id, row.clone());
+        rows.push(row);
+    }
+    Ok(success(Value::Array(rows)))
+}
+
+async fn webhook_set_url(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let id = webhook_id(&st, &id)?;
+    let url = webhook_url(&body)?;
+    if let Some(w) = st.webhooks.get_mut(&id) {
+        w["url"] = json!(url);
+    }
+    Ok(success(json!([true])))
+}
+
+async fn webhook_delete(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let id = webhook_id(&st, &id)?;
+    st.webhooks.remove(&id);
+    Ok(success(json!([true])))
+}
 
 fn users() -> Value {
     json!([
