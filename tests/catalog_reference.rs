@@ -100,6 +100,8 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.subscribers.find_by_variable", "GET", "/addressbooks/{id}/variables/{name}/{value}", &["id", "name", "value"]),
     ("sendpulse.emails.books", "GET", "/emails/{email}", &["email"]),
     ("sendpulse.emails.details", "GET", "/emails/{email}/details", &["email"]),
+    ("sendpulse.emails.books_many", "POST", "/emails", &["emails"]),
+    ("sendpulse.emails.campaigns", "GET", "/emails/{email}/campaigns", &["email"]),
     ("sendpulse.emails.delete", "DELETE", "/emails/{email}", &["email"]),
     ("sendpulse.webhooks.list", "GET", "/v2/email-service/webhook", &[]),
     ("sendpulse.webhooks.get", "GET", "/v2/email-service/webhook/{id}", &["id"]),

@@ -1921,3 +1921,36 @@ async fn sendpulse_webhook_management_keeps_one_row_per_action() {
     let (_, list) = send(sp.req(Method::GET, "/v2/email-service/webhook")).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn sendpulse_books_of_several_emails_and_campaign_stats() {
+    let sp = Sp::start(sp_config()).await;
+    let book = sp.emu.insert_book("News");
+    let (status, _) = send(
+        sp.req(Method::POST, &format!("/addressbooks/{book}/emails"))
+            .json(&json!({"emails": ["ann@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, many) = send(
+        sp.req(Method::POST, "/emails")
+            .json(&json!({"emails": ["ann@example.com", "nobody@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(many["ann@example.com"][0]["book_id"], json!(book));
+    assert_eq!(many["nobody@example.com"], json!([]));
+    let (status, stats) = send(sp.req(Method::GET, "/emails/ann@example.com/campaigns")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats["addressbooks"],
+        json!([{"id": book, "address_book_name": "News"}])
+    );
+    assert_eq!(stats["blacklist"], false);
+    assert_eq!(
+        send(sp.req(Method::GET, "/emails/nobody@example.com/campaigns"))
+            .await
+            .0,
+        404
+    );
+}

@@ -178,6 +178,7 @@ impl Fixtures {
                 "id",
             ) => self.created("sendpulse.webhooks.create"),
             ("sendpulse.webhooks.create", "actions") => json!(["unsubscribe", "open"]),
+            ("sendpulse.emails.books_many", "emails") => json!([SUB2, "nobody@example.com"]),
             ("sendpulse.webhooks.set_url", "url") => json!("https://hooks.example.com/sp-2"),
             ("sendpulse.crm.tasks.update_comment", "commentId") => {
                 self.created("sendpulse.crm.tasks.comment")

@@ -580,6 +580,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/addressbooks/{id}/emails/{email}", get(subscriber_get))
         .route("/emails/{email}", get(email_books).delete(email_delete))
         .route("/emails/{email}/details", get(email_details))
+        .route("/emails", post(emails_books_many))
+        .route("/emails/{email}/campaigns", get(email_campaigns))
         .route(
             "/v2/email-service/webhook",
             get(webhooks_list).post(webhooks_create),
@@ -1248,6 +1250,43 @@ async fn email_books(State(s): S, Path(email): Path<String>, req: Req) -> Out {
         return Err(email_not_found());
     }
     Ok(respond(200, Value::Array(found)))
+}
+
+async fn emails_books_many(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let body = req.body()?;
+    let emails = email_list(&body, "Limit is exceeded. Max count: 100")?;
+    let mut out = Map::new();
+    for email in emails {
+        let found: Vec<Value> = st
+            .books
+            .values()
+            .filter_map(|b| {
+                let sub = b.sub(&email)?;
+                Some(json!({"book_id": b.id, "status": sub.status, "variables": b.typed_vars(sub)}))
+            })
+            .collect();
+        out.insert(email, Value::Array(found));
+    }
+    Ok(respond(200, Value::Object(out)))
+}
+
+async fn email_campaigns(State(s): S, Path(email): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let books: Vec<Value> = st
+        .books
+        .values()
+        .filter(|b| b.sub(&email).is_some())
+        .map(|b| json!({"id": b.id, "address_book_name": b.name}))
+        .collect();
+    if books.is_empty() {
+        return Err(email_not_found());
+    }
+    // The emulator sends no campaigns: the counts are zero.
+    Ok(respond(
+        200,
+        json!({"statistic": {"sent": 0, "open": 0, "link": 0}, "addressbooks": books, "blacklist": false}),
+    ))
 }
 
 async fn email_details(State(s): S, Path(email): Path<String>, req: Req) -> Out {
