@@ -124,6 +124,7 @@ const REFERENCE: &[Row] = &[
     // what the add calls take.
     ("sendpulse.crm.contacts.update_email", "PUT", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId", "email"]),
     ("sendpulse.crm.contacts.delete_email", "DELETE", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId"]),
+    ("sendpulse.crm.contacts.history", "GET", "/crm/v1/contacts/{contactId}/history", &["contactId"]),
     ("sendpulse.crm.contacts.find_by_external_id", "GET", "/crm/v1/contacts/external/{externalContactId}", &["externalContactId"]),
     // The reference does not give the definition body; a name is the least
     // an attribute needs. Values are `{attributeId*, value*}`.
@@ -154,6 +155,7 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.tasks.delete", "DELETE", "/crm/v1/tasks/{taskId}", &["taskId"]),
     ("sendpulse.crm.tasks.comment", "POST", "/crm/v1/tasks/{taskId}/comments", &["taskId"]),
     ("sendpulse.crm.tasks.attach", "POST", "/crm/v1/tasks/{taskId}/entity-attach", &["taskId"]),
+    ("sendpulse.crm.tasks.history", "GET", "/crm/v1/tasks/{taskId}/history", &["taskId"]),
     ("sendpulse.crm.tasks.update_comment", "PUT", "/crm/v1/tasks/{taskId}/comments/{commentId}", &["taskId", "commentId", "message"]),
     ("sendpulse.crm.tasks.detach_contact", "DELETE", "/crm/v1/task-contacts/{taskId}/contact/{contactId}", &["taskId", "contactId"]),
     ("sendpulse.crm.boards.list", "GET", "/crm/v1/boards", &[]),

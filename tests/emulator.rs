@@ -1954,3 +1954,45 @@ async fn sendpulse_books_of_several_emails_and_campaign_stats() {
         404
     );
 }
+
+#[tokio::test]
+async fn sendpulse_crm_history_records_changes() {
+    let sp = Sp::start(sp_config()).await;
+    let (_, c) = send(sp.req(Method::POST, "/crm/v1/contacts/create").json(
+        &json!({"responsibleId": patchbay::emulator::sendpulse::OWNER_ID, "firstName": "Ann"}),
+    ))
+    .await;
+    let cid = c["data"]["id"].as_i64().unwrap();
+    send(
+        sp.req(Method::POST, &format!("/crm/v1/contacts/{cid}/phones"))
+            .json(&json!({"phone": "+380501234567"})),
+    )
+    .await;
+    let (status, h) = send(sp.req(Method::GET, &format!("/crm/v1/contacts/{cid}/history"))).await;
+    assert_eq!(status, 200);
+    let actions: Vec<&str> = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["created", "phone_added"]);
+    let (_, t) = send(sp.req(Method::POST, "/crm/v1/tasks").json(
+        &json!({"name": "Call Ann", "responsibleId": patchbay::emulator::sendpulse::OWNER_ID}),
+    ))
+    .await;
+    let tid = t["data"]["id"].as_i64().unwrap();
+    send(
+        sp.req(Method::POST, &format!("/crm/v1/tasks/{tid}/comments"))
+            .json(&json!({"message": "hi"})),
+    )
+    .await;
+    let (_, h) = send(sp.req(Method::GET, &format!("/crm/v1/tasks/{tid}/history"))).await;
+    assert_eq!(h["data"].as_array().map(Vec::len), Some(2), "{h}");
+    assert_eq!(
+        send(sp.req(Method::GET, "/crm/v1/tasks/999999/history"))
+            .await
+            .0,
+        404
+    );
+}

@@ -532,6 +532,17 @@ impl St {
     }
 }
 
+/// Appends a history entry to a contact (`history`) or task
+/// (`histories`). The reference gives the endpoints, not the entry shape:
+/// `{id, action, userId, createdAt}` is the emulator's.
+fn log(record: &mut Map<String, Value>, field: &str, action: &str) {
+    let list = record.entry(field).or_insert(json!([]));
+    if let Some(list) = list.as_array_mut() {
+        let id = list.len() + 1;
+        list.push(json!({"id": id, "action": action, "userId": OWNER_ID, "createdAt": now()}));
+    }
+}
+
 /// Whether a JSON array of ids holds `id`.
 fn links(ids: &Value, id: i64) -> bool {
     ids.as_array()
@@ -633,6 +644,11 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/crm/v1/contacts/{contactId}/phones", post(crm_phone_add))
         .route("/crm/v1/contacts/{contactId}/emails", post(crm_emails_add))
+        .route(
+            "/crm/v1/contacts/{contactId}/history",
+            get(crm_contact_history),
+        )
+        .route("/crm/v1/tasks/{taskId}/history", get(crm_task_history))
         .route(
             "/crm/v1/contacts/{contactId}/phones/{phoneId}",
             axum::routing::put(crm_phone_update).delete(crm_phone_delete),
@@ -1496,6 +1512,7 @@ async fn crm_contact_create(State(s): S, req: Req) -> Out {
             c.insert(f.into(), v.clone());
         }
     }
+    log(&mut c, "history", "created");
     let c = Value::Object(c);
     st.contacts
         .insert(c["id"].as_i64().unwrap_or_default(), c.clone());
@@ -1521,6 +1538,7 @@ async fn crm_contact_update(State(s): S, Path(id): Path<String>, req: Req) -> Ou
             c.insert(f.into(), v.clone());
         }
     }
+    log(c, "history", "updated");
     c.insert("updatedAt".into(), json!(now()));
     let c = Value::Object(c.clone());
     Ok(data(200, st.contact_view(&c)))
@@ -1766,6 +1784,7 @@ async fn crm_phone_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     if let Some(list) = phones.as_array_mut() {
         list.push(entry.clone());
     }
+    log(c, "history", "phone_added");
     c.insert("updatedAt".into(), json!(now()));
     Ok(data(200, entry))
 }
@@ -1807,8 +1826,21 @@ async fn crm_emails_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
         out.push(entry);
     }
     c.insert("emails".into(), Value::Array(list));
+    log(c, "history", "emails_added");
     c.insert("updatedAt".into(), json!(now()));
     Ok(data(200, Value::Array(out)))
+}
+
+async fn crm_contact_history(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let c = st.contact_mut(&id)?;
+    Ok(data(200, c.get("history").cloned().unwrap_or(json!([]))))
+}
+
+async fn crm_task_history(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let t = st.task_mut(&id)?;
+    Ok(data(200, t.get("histories").cloned().unwrap_or(json!([]))))
 }
 
 /// The entry `item_id` of a contact's `field` list (phones, emails).
@@ -1946,6 +1978,7 @@ async fn crm_note_create(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     if let Some(list) = c.entry("comments").or_insert(json!([])).as_array_mut() {
         list.push(comment.clone());
     }
+    log(c, "history", "comment_added");
     c.insert("updatedAt".into(), json!(now));
     Ok(data(200, comment))
 }
@@ -2440,6 +2473,7 @@ async fn crm_task_create(State(s): S, req: Req) -> Out {
     }
     let now = now();
     set_completion(&mut t, &now);
+    log(&mut t, "histories", "created");
     let id = t["id"].as_i64().unwrap_or_default();
     let t = Value::Object(t);
     st.tasks.insert(id, t.clone());
@@ -2459,6 +2493,7 @@ async fn crm_task_update(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     let now = now();
     t.insert("updatedAt".into(), json!(now));
     set_completion(&mut t, &now);
+    log(&mut t, "histories", "updated");
     let stored = st.task_mut(&id)?;
     *stored = t.clone();
     Ok(data(200, Value::Object(t)))
@@ -2490,6 +2525,7 @@ async fn crm_task_comment(State(s): S, Path(id): Path<String>, req: Req) -> Out 
     if let Some(list) = t.entry("comments").or_insert(json!([])).as_array_mut() {
         list.push(comment.clone());
     }
+    log(t, "histories", "comment_added");
     t.insert("updatedAt".into(), json!(now));
     Ok(data(201, comment))
 }
