@@ -814,6 +814,7 @@ impl Reloader {
                 changed = ?report.changed,
                 removed = ?report.removed,
                 connections = ?report.connections,
+                catalog = report.catalog,
                 ms = report.duration_ms,
                 "recipes reloaded"
             ),
