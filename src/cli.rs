@@ -162,6 +162,10 @@ enum Command {
     /// Show what a running engine serves: recipe versions, rejected
     /// files with diagnostics, the last reload (from its admin API).
     Status(crate::status::StatusArgs),
+    /// Write and check connector files: `connector import OPENAPI_FILE`,
+    /// `connector test FILE`.
+    #[command(subcommand)]
+    Connector(crate::authoring::ConnectorCommand),
     /// Print the recipe JSON Schema (or the connector-file or test-file schema).
     Schema {
         /// Print the connector-file schema instead.
@@ -243,6 +247,7 @@ pub fn main() -> i32 {
             store,
         } => crate::ops::replay(id, all_failed, recipe, &recipes, &store),
         Command::Status(args) => crate::status::status(args),
+        Command::Connector(cmd) => crate::authoring::connector(cmd),
         Command::Schema { connector, test } => {
             let s = if connector {
                 crate::schema::connector_schema()

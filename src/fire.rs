@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::catalog::Catalog;
+use crate::catalog::Split;
 use crate::cli::{
     catalog_or_exit, connections_or_exit, print_diags, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
 };
@@ -15,9 +16,10 @@ use crate::connections::Connections;
 use crate::connectors::native::MemoryStore;
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
+use crate::diagnostic::Severity;
 use crate::engine::{self, event, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
-use crate::recipe::load::load_paths;
-use crate::recipe::validate::{TriggerKind, ValidRecipe};
+use crate::recipe::load::load_paths_with;
+use crate::recipe::validate::{TriggerKind, ValidRecipe, ValidStep, ValidateOptions};
 
 /// Arguments of `fire`.
 pub struct FireArgs {
@@ -56,10 +58,15 @@ async fn fire_async(args: FireArgs) -> i32 {
             Err(code) => return code,
         },
     };
-    let loaded = match load_paths(
+    // `fire` is handed the event, so the trigger's connection is not used.
+    let options = ValidateOptions {
+        trigger_connection_unused: true,
+    };
+    let loaded = match load_paths_with(
         std::slice::from_ref(&args.recipe),
         &catalog,
         args.connections.as_ref().map(|_| &conns),
+        options,
     ) {
         Ok(l) => l,
         Err(e) => {
@@ -74,6 +81,19 @@ async fn fire_async(args: FireArgs) -> i32 {
         }
         return EXIT_INVALID;
     }
+    // Warnings go to stderr: stdout may be `--format json`.
+    let warnings: Vec<_> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .cloned()
+        .collect();
+    if !warnings.is_empty() {
+        eprint!(
+            "{}",
+            crate::diagnostic::render_human(&warnings, &crate::diagnostic::read_source)
+        );
+    }
     let recipe = &loaded.recipes[0];
     let events = match read_events(&args.event, recipe, &catalog) {
         Ok(e) => e,
@@ -82,8 +102,12 @@ async fn fire_async(args: FireArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // Only the connections the steps use are resolved: another
+    // connection's unset secret is no reason to refuse this run.
+    let mut used = Vec::new();
+    used_connections(&recipe.steps, &mut used);
     let mut resolved = Vec::new();
-    for c in conns.by_name.values() {
+    for c in conns.by_name.values().filter(|c| used.contains(&c.name)) {
         if args.dry_run {
             // A dry run sends nothing: unset values become placeholders.
             resolved.push(c.resolve_or_placeholders(&catalog));
@@ -143,7 +167,24 @@ async fn fire_async(args: FireArgs) -> i32 {
     code
 }
 
-/// Reads the event file (JSON, or YAML) into the events to run.
+/// The connection names the steps (fallbacks included) use.
+fn used_connections(steps: &[ValidStep], out: &mut Vec<String>) {
+    for s in steps {
+        if let Some(c) = &s.connection {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+        for f in &s.fallback {
+            used_connections(&f.steps, out);
+        }
+    }
+}
+
+/// Reads the event file (JSON, or YAML) into the events to run. A webhook
+/// trigger's file may be a delivery as the connector sends it or a single
+/// event: an object where deliveries are arrays is taken as a delivery of
+/// one, and an array where deliveries are one object is a list of them.
 fn read_events(
     path: &PathBuf,
     recipe: &ValidRecipe,
@@ -166,8 +207,23 @@ fn read_events(
     match &recipe.trigger.kind {
         // A delivery, as `patchbay run` would take it.
         TriggerKind::Webhook(op) => {
-            let events = event::for_trigger(catalog, op, value)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let splits = op
+                .connector()
+                .webhook
+                .as_ref()
+                .is_some_and(|h| h.split == Split::Array);
+            let deliveries = match value {
+                Value::Object(_) if splits => vec![Value::Array(vec![value])],
+                Value::Array(items) if !splits => items,
+                other => vec![other],
+            };
+            let mut events = Vec::new();
+            for d in deliveries {
+                events.extend(
+                    event::for_trigger(catalog, op, d)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                );
+            }
             if events.is_empty() {
                 return Err(format!(
                     "{}: no item of the delivery is a {} event",

@@ -4,6 +4,7 @@
 //! against the [`catalog`] and [`connections`] into a
 //! [`recipe::validate::ValidRecipe`], and only that is run.
 
+pub mod authoring;
 pub mod catalog;
 pub mod cli;
 pub mod connections;

@@ -275,7 +275,6 @@ async fn run_async(args: RunArgs) -> i32 {
     let svc = Arc::new(Service {
         store: store.clone(),
         runtime: Arc::new(runtime),
-        catalog,
         // Filled by the first reload.
         recipes: RwLock::new(Arc::new(RecipeSet::default())),
         dispatch: Dispatch::new(args.workers.max(1), args.lease, args.max_backlog),

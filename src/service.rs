@@ -124,8 +124,6 @@ pub struct Service {
     pub store: Arc<dyn Store>,
     /// Connector runtime.
     pub runtime: Arc<Runtime>,
-    /// The catalog.
-    pub catalog: Catalog,
     /// The active recipes.
     pub recipes: RwLock<Arc<RecipeSet>>,
     /// Hands claimed runs to the workers.
@@ -156,6 +154,11 @@ fn failed(run: &crate::store::ClaimedRun, message: String) -> RunReport {
 }
 
 impl Service {
+    /// The catalog serving now (a `--catalog` reload swaps it in the runtime).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.runtime.catalog()
+    }
+
     /// The active recipe set.
     pub fn recipes(&self) -> Arc<RecipeSet> {
         self.recipes.read().expect("recipes lock").clone()
@@ -541,7 +544,7 @@ impl Service {
             .map_err(|e| e.to_string())?;
         let cursor = stored.as_deref().map(PollCursor::parse);
         let list = self
-            .catalog
+            .catalog()
             .op(&format!("{}.{}", op.connector().connector, poll.operation))
             .ok_or("poll list operation missing")?;
         let mut input: serde_json::Map<String, Value> = poll.inputs.clone().into_iter().collect();
@@ -911,7 +914,6 @@ mod tests {
         let svc = Service {
             store: store.clone(),
             runtime: Arc::new(runtime),
-            catalog,
             recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
             dispatch: Dispatch::new(1, DEFAULT_LEASE, 0),
             body_limit: 1 << 20,

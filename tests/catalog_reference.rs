@@ -83,6 +83,7 @@ const REFERENCE: &[Row] = &[
     ("ghl_v1.campaigns.remove_all", "DELETE", "/v1/contacts/{contactId}/campaigns/remove-all", &["contactId"]),
     ("ghl_v1.workflows.add", "POST", "/v1/contacts/{contactId}/workflow/{workflowId}", &["contactId", "workflowId"]),
     // ------------------------------------------------ SendPulse email service
+    ("sendpulse.user.info", "GET", "/user/info", &[]),
     ("sendpulse.addressbooks.list", "GET", "/addressbooks", &[]),
     ("sendpulse.addressbooks.create", "POST", "/addressbooks", &["bookName"]),
     ("sendpulse.addressbooks.get", "GET", "/addressbooks/{id}", &["id"]),
@@ -99,7 +100,14 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.subscribers.find_by_variable", "GET", "/addressbooks/{id}/variables/{name}/{value}", &["id", "name", "value"]),
     ("sendpulse.emails.books", "GET", "/emails/{email}", &["email"]),
     ("sendpulse.emails.details", "GET", "/emails/{email}/details", &["email"]),
+    ("sendpulse.emails.books_many", "POST", "/emails", &["emails"]),
+    ("sendpulse.emails.campaigns", "GET", "/emails/{email}/campaigns", &["email"]),
     ("sendpulse.emails.delete", "DELETE", "/emails/{email}", &["email"]),
+    ("sendpulse.webhooks.list", "GET", "/v2/email-service/webhook", &[]),
+    ("sendpulse.webhooks.get", "GET", "/v2/email-service/webhook/{id}", &["id"]),
+    ("sendpulse.webhooks.create", "POST", "/v2/email-service/webhook/", &["url", "actions"]),
+    ("sendpulse.webhooks.set_url", "PUT", "/v2/email-service/webhook/{id}", &["id", "url"]),
+    ("sendpulse.webhooks.delete", "DELETE", "/v2/email-service/webhook/{id}", &["id"]),
     // ---------------------------------------------------------- SendPulse CRM
     ("sendpulse.crm.users.list", "GET", "/crm/v1/users", &[]),
     ("sendpulse.crm.contacts.list", "POST", "/crm/v1/contacts/get-list", &[]),
@@ -110,6 +118,25 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.contacts.delete", "DELETE", "/crm/v1/contacts/{contactId}", &["contactId"]),
     ("sendpulse.crm.contacts.add_phone", "POST", "/crm/v1/contacts/{contactId}/phones", &["contactId", "phone"]),
     ("sendpulse.crm.contacts.add_emails", "POST", "/crm/v1/contacts/{contactId}/emails", &["contactId"]),
+    ("sendpulse.crm.contacts.update_phone", "PUT", "/crm/v1/contacts/{contactId}/phones/{phoneId}", &["contactId", "phoneId", "phone"]),
+    ("sendpulse.crm.contacts.delete_phone", "DELETE", "/crm/v1/contacts/{contactId}/phones/{phoneId}", &["contactId", "phoneId"]),
+    // The reference gives no bodies for the email and phone edits; they take
+    // what the add calls take.
+    ("sendpulse.crm.contacts.update_email", "PUT", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId", "email"]),
+    ("sendpulse.crm.contacts.delete_email", "DELETE", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId"]),
+    ("sendpulse.crm.contacts.history", "GET", "/crm/v1/contacts/{contactId}/history", &["contactId"]),
+    ("sendpulse.crm.contacts.find_by_external_id", "GET", "/crm/v1/contacts/external/{externalContactId}", &["externalContactId"]),
+    // The reference does not give the definition body; a name is the least
+    // an attribute needs. Values are `{attributeId*, value*}`.
+    ("sendpulse.crm.attributes.list", "GET", "/crm/v1/contacts/attributes", &[]),
+    ("sendpulse.crm.attributes.create", "POST", "/crm/v1/contacts/attributes", &["name"]),
+    ("sendpulse.crm.attributes.update", "PUT", "/crm/v1/contacts/attributes/{attributeId}", &["attributeId", "name"]),
+    ("sendpulse.crm.attributes.delete", "DELETE", "/crm/v1/contacts/attributes/{attributeId}", &["attributeId"]),
+    ("sendpulse.crm.contacts.attributes", "GET", "/crm/v1/contacts/{contactId}/attributes", &["contactId"]),
+    ("sendpulse.crm.contacts.set_attribute", "POST", "/crm/v1/contacts/{contactId}/attributes", &["contactId", "attributeId", "value"]),
+    ("sendpulse.crm.contacts.set_attributes", "POST", "/crm/v1/contacts/{contactId}/attributes/batch", &["contactId", "attributes"]),
+    ("sendpulse.crm.contacts.update_attribute", "PUT", "/crm/v1/contacts/{contactId}/attributes/{attributeId}", &["contactId", "attributeId", "value"]),
+    ("sendpulse.crm.contacts.delete_attribute", "DELETE", "/crm/v1/contacts/{contactId}/attributes/{attributeId}", &["contactId", "attributeId"]),
     ("sendpulse.crm.notes.create", "POST", "/crm/v1/contacts/{contactId}/comments", &["contactId", "message"]),
     ("sendpulse.crm.notes.update", "PUT", "/crm/v1/contacts/{contactId}/comments/{commentId}", &["contactId", "commentId", "message"]),
     ("sendpulse.crm.notes.delete", "DELETE", "/crm/v1/contacts/{contactId}/comments/{commentId}", &["contactId", "commentId"]),
@@ -119,6 +146,8 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.tags.create", "POST", "/crm/v1/contact-tags", &["name"]),
     ("sendpulse.crm.tags.attach", "POST", "/crm/v1/contact-tags/{tagId}/contact/{contactId}", &["tagId", "contactId"]),
     ("sendpulse.crm.tags.detach", "DELETE", "/crm/v1/contact-tags/{tagId}/contact/{contactId}", &["tagId", "contactId"]),
+    ("sendpulse.crm.tags.rename", "PUT", "/crm/v1/contact-tags/{tagId}", &["tagId", "name"]),
+    ("sendpulse.crm.tags.delete", "DELETE", "/crm/v1/contact-tags/{tagId}", &["tagId"]),
     ("sendpulse.crm.tasks.list", "POST", "/crm/v1/tasks/list", &[]),
     ("sendpulse.crm.tasks.create", "POST", "/crm/v1/tasks", &[]),
     ("sendpulse.crm.tasks.get", "GET", "/crm/v1/tasks/{taskId}", &["taskId"]),
@@ -126,6 +155,9 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.tasks.delete", "DELETE", "/crm/v1/tasks/{taskId}", &["taskId"]),
     ("sendpulse.crm.tasks.comment", "POST", "/crm/v1/tasks/{taskId}/comments", &["taskId"]),
     ("sendpulse.crm.tasks.attach", "POST", "/crm/v1/tasks/{taskId}/entity-attach", &["taskId"]),
+    ("sendpulse.crm.tasks.history", "GET", "/crm/v1/tasks/{taskId}/history", &["taskId"]),
+    ("sendpulse.crm.tasks.update_comment", "PUT", "/crm/v1/tasks/{taskId}/comments/{commentId}", &["taskId", "commentId", "message"]),
+    ("sendpulse.crm.tasks.detach_contact", "DELETE", "/crm/v1/task-contacts/{taskId}/contact/{contactId}", &["taskId", "contactId"]),
     ("sendpulse.crm.boards.list", "GET", "/crm/v1/boards", &[]),
 ];
 

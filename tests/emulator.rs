@@ -1669,3 +1669,330 @@ async fn highlevel_sends_signed_contact_webhooks_like_a_location_does() {
     .public_key()
     .is_empty());
 }
+
+#[tokio::test]
+async fn sendpulse_crm_attributes_tags_and_external_ids() {
+    let sp = Sp::start(sp_config()).await;
+    let cid = sp
+        .emu
+        .insert_crm_contact(json!({"firstName": "Ann", "externalContactId": "crm-42"}));
+    let contact = format!("/crm/v1/contacts/{cid}");
+    let (status, found) = send(sp.req(Method::GET, "/crm/v1/contacts/external/crm-42")).await;
+    assert_eq!((status, found["data"]["id"].clone()), (200, json!(cid)));
+    assert_eq!(
+        send(sp.req(Method::GET, "/crm/v1/contacts/external/nobody"))
+            .await
+            .0,
+        404
+    );
+
+    let (status, def) = send(
+        sp.req(Method::POST, "/crm/v1/contacts/attributes")
+            .json(&json!({"name": "Colour"})),
+    )
+    .await;
+    assert_eq!((status, def["data"]["type"].clone()), (200, json!(1)));
+    let attr = def["data"]["id"].as_i64().unwrap();
+    // Names are unique; a value needs a known attribute.
+    assert_eq!(
+        send(
+            sp.req(Method::POST, "/crm/v1/contacts/attributes")
+                .json(&json!({"name": "Colour"}))
+        )
+        .await
+        .0,
+        422
+    );
+    let (status, v) = send(
+        sp.req(Method::POST, &format!("{contact}/attributes"))
+            .json(&json!({"attributeId": attr, "value": "teal"})),
+    )
+    .await;
+    assert_eq!((status, v["data"]["value"].clone()), (200, json!("teal")));
+    assert_eq!(v["data"]["name"], "Colour");
+    // A batch with one bad item writes nothing.
+    let (status, _) = send(
+        sp.req(Method::POST, &format!("{contact}/attributes/batch"))
+            .json(&json!({"attributes": [{"attributeId": attr, "value": "red"}, {"attributeId": 999_999, "value": "x"}]})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["attributes"][0]["value"], "teal");
+    let (status, _) = send(
+        sp.req(Method::PUT, &format!("/crm/v1/contacts/attributes/{attr}"))
+            .json(&json!({"name": "Shade"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, values) = send(sp.req(Method::GET, &format!("{contact}/attributes"))).await;
+    assert_eq!(values["data"][0]["name"], "Shade");
+    // Deleting the definition takes its values with it.
+    let resp = sp
+        .req(
+            Method::DELETE,
+            &format!("/crm/v1/contacts/attributes/{attr}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, values) = send(sp.req(Method::GET, &format!("{contact}/attributes"))).await;
+    assert_eq!(values["data"], json!([]));
+
+    let (_, tag) = send(
+        sp.req(Method::POST, "/crm/v1/contact-tags")
+            .json(&json!({"name": "vip"})),
+    )
+    .await;
+    let tag_id = tag["data"]["id"].as_i64().unwrap();
+    sp.req(
+        Method::POST,
+        &format!("/crm/v1/contact-tags/{tag_id}/contact/{cid}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let (status, renamed) = send(
+        sp.req(Method::PUT, &format!("/crm/v1/contact-tags/{tag_id}"))
+            .json(&json!({"name": "gold"})),
+    )
+    .await;
+    assert_eq!(
+        (status, renamed["data"]["contactCount"].clone()),
+        (200, json!(1))
+    );
+    let resp = sp
+        .req(Method::DELETE, &format!("/crm/v1/contact-tags/{tag_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["tags"], json!([]));
+}
+
+#[tokio::test]
+async fn sendpulse_crm_phone_email_and_task_link_edits() {
+    let sp = Sp::start(sp_config()).await;
+    let cid = sp.emu.insert_crm_contact(json!({"firstName": "Ann"}));
+    let contact = format!("/crm/v1/contacts/{cid}");
+    let (_, added) = send(
+        sp.req(Method::POST, &format!("{contact}/emails"))
+            .json(&json!({"emails": [{"email": "a@example.com"}, {"email": "b@example.com"}]})),
+    )
+    .await;
+    let (a, b) = (
+        added["data"][0]["id"].as_i64().unwrap(),
+        added["data"][1]["id"].as_i64().unwrap(),
+    );
+    // Making b main takes it from a.
+    let (status, upd) = send(
+        sp.req(Method::PUT, &format!("{contact}/emails/{b}"))
+            .json(&json!({"email": "b2@example.com", "isMain": true})),
+    )
+    .await;
+    assert_eq!((status, upd["data"]["isMain"].clone()), (200, json!(true)));
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["emails"][0]["isMain"], false);
+    // Deleting the main one makes the first left main.
+    let resp = sp
+        .req(Method::DELETE, &format!("{contact}/emails/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(
+        got["data"]["emails"],
+        json!([{"id": a, "email": "a@example.com", "isMain": true}])
+    );
+    assert_eq!(
+        send(
+            sp.req(Method::PUT, &format!("{contact}/emails/{a}"))
+                .json(&json!({"email": "not an email"}))
+        )
+        .await
+        .0,
+        422
+    );
+
+    let (_, phone) = send(
+        sp.req(Method::POST, &format!("{contact}/phones"))
+            .json(&json!({"phone": "+380501234567"})),
+    )
+    .await;
+    let p = phone["data"]["id"].as_i64().unwrap();
+    let (status, upd) = send(
+        sp.req(Method::PUT, &format!("{contact}/phones/{p}"))
+            .json(&json!({"phone": "+380509999999"})),
+    )
+    .await;
+    assert_eq!(
+        (status, upd["data"]["phone"].clone()),
+        (200, json!("+380509999999"))
+    );
+    let resp = sp
+        .req(Method::DELETE, &format!("{contact}/phones/{p}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(
+        sp.req(Method::DELETE, &format!("{contact}/phones/{p}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    let tid = sp
+        .emu
+        .insert_crm_task(json!({"name": "Call Ann", "contacts": [cid]}));
+    let (_, c) = send(
+        sp.req(Method::POST, &format!("/crm/v1/tasks/{tid}/comments"))
+            .json(&json!({"message": "first"})),
+    )
+    .await;
+    let comment = c["data"]["id"].as_i64().unwrap();
+    let (status, upd) = send(
+        sp.req(
+            Method::PUT,
+            &format!("/crm/v1/tasks/{tid}/comments/{comment}"),
+        )
+        .json(&json!({"message": "second"})),
+    )
+    .await;
+    assert_eq!(
+        (status, upd["data"]["body"].clone()),
+        (200, json!("second"))
+    );
+    let resp = sp
+        .req(
+            Method::DELETE,
+            &format!("/crm/v1/task-contacts/{tid}/contact/{cid}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["tasks"], json!([]));
+}
+
+#[tokio::test]
+async fn sendpulse_webhook_management_keeps_one_row_per_action() {
+    let sp = Sp::start(sp_config()).await;
+    let (status, _) = send(
+        sp.req(Method::POST, "/v2/email-service/webhook/")
+            .json(&json!({"url": "https://hooks.example.com/a", "actions": ["open", "nonsense"]})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, made) = send(
+        sp.req(Method::POST, "/v2/email-service/webhook/")
+            .json(&json!({"url": "https://hooks.example.com/a", "actions": ["open", "spam"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows = made["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["action"].clone(), rows[1]["action"].clone()),
+        (json!("open"), json!("spam"))
+    );
+    let id = rows[0]["id"].as_i64().unwrap();
+    let path = format!("/v2/email-service/webhook/{id}");
+    let (status, done) = send(
+        sp.req(Method::PUT, &path)
+            .json(&json!({"url": "https://hooks.example.com/b"})),
+    )
+    .await;
+    assert_eq!(
+        (status, done),
+        (200, json!({"success": true, "data": [true]}))
+    );
+    let (_, got) = send(sp.req(Method::GET, &path)).await;
+    assert_eq!(got["data"]["url"], "https://hooks.example.com/b");
+    assert_eq!(send(sp.req(Method::DELETE, &path)).await.0, 200);
+    assert_eq!(send(sp.req(Method::GET, &path)).await.0, 404);
+    let (_, list) = send(sp.req(Method::GET, "/v2/email-service/webhook")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sendpulse_books_of_several_emails_and_campaign_stats() {
+    let sp = Sp::start(sp_config()).await;
+    let book = sp.emu.insert_book("News");
+    let (status, _) = send(
+        sp.req(Method::POST, &format!("/addressbooks/{book}/emails"))
+            .json(&json!({"emails": ["ann@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, many) = send(
+        sp.req(Method::POST, "/emails")
+            .json(&json!({"emails": ["ann@example.com", "nobody@example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(many["ann@example.com"][0]["book_id"], json!(book));
+    assert_eq!(many["nobody@example.com"], json!([]));
+    let (status, stats) = send(sp.req(Method::GET, "/emails/ann@example.com/campaigns")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats["addressbooks"],
+        json!([{"id": book, "address_book_name": "News"}])
+    );
+    assert_eq!(stats["blacklist"], false);
+    assert_eq!(
+        send(sp.req(Method::GET, "/emails/nobody@example.com/campaigns"))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn sendpulse_crm_history_records_changes() {
+    let sp = Sp::start(sp_config()).await;
+    let (_, c) = send(sp.req(Method::POST, "/crm/v1/contacts/create").json(
+        &json!({"responsibleId": patchbay::emulator::sendpulse::OWNER_ID, "firstName": "Ann"}),
+    ))
+    .await;
+    let cid = c["data"]["id"].as_i64().unwrap();
+    send(
+        sp.req(Method::POST, &format!("/crm/v1/contacts/{cid}/phones"))
+            .json(&json!({"phone": "+380501234567"})),
+    )
+    .await;
+    let (status, h) = send(sp.req(Method::GET, &format!("/crm/v1/contacts/{cid}/history"))).await;
+    assert_eq!(status, 200);
+    let actions: Vec<&str> = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["created", "phone_added"]);
+    let (_, t) = send(sp.req(Method::POST, "/crm/v1/tasks").json(
+        &json!({"name": "Call Ann", "responsibleId": patchbay::emulator::sendpulse::OWNER_ID}),
+    ))
+    .await;
+    let tid = t["data"]["id"].as_i64().unwrap();
+    send(
+        sp.req(Method::POST, &format!("/crm/v1/tasks/{tid}/comments"))
+            .json(&json!({"message": "hi"})),
+    )
+    .await;
+    let (_, h) = send(sp.req(Method::GET, &format!("/crm/v1/tasks/{tid}/history"))).await;
+    assert_eq!(h["data"].as_array().map(Vec::len), Some(2), "{h}");
+    assert_eq!(
+        send(sp.req(Method::GET, "/crm/v1/tasks/999999/history"))
+            .await
+            .0,
+        404
+    );
+}

@@ -133,7 +133,6 @@ async fn start(
     let svc = Arc::new(Service {
         store,
         runtime: Arc::new(runtime),
-        catalog,
         recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
         dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE, 0),
         body_limit: 64 * 1024,

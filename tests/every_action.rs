@@ -48,6 +48,12 @@ const EMPTY_ANSWER: &[&str] = &[
     "sendpulse.crm.tasks.delete",
     "sendpulse.crm.tags.attach",
     "sendpulse.crm.tags.detach",
+    "sendpulse.crm.tags.delete",
+    "sendpulse.crm.attributes.delete",
+    "sendpulse.crm.contacts.delete_attribute",
+    "sendpulse.crm.contacts.delete_phone",
+    "sendpulse.crm.contacts.delete_email",
+    "sendpulse.crm.tasks.detach_contact",
 ];
 
 // Seeded records.
@@ -164,6 +170,25 @@ impl Fixtures {
             ("sendpulse.subscribers.find_by_variable", "name") => json!("city"),
             ("sendpulse.addressbooks.rename", "name") => json!("Main (renamed)"),
             ("sendpulse.crm.tags.create", "name") => json!("vip"),
+            ("sendpulse.crm.tags.rename", "name") => json!("very important"),
+            (
+                "sendpulse.webhooks.get"
+                | "sendpulse.webhooks.set_url"
+                | "sendpulse.webhooks.delete",
+                "id",
+            ) => self.created("sendpulse.webhooks.create"),
+            ("sendpulse.webhooks.create", "actions") => json!(["unsubscribe", "open"]),
+            ("sendpulse.emails.books_many", "emails") => json!([SUB2, "nobody@example.com"]),
+            ("sendpulse.webhooks.set_url", "url") => json!("https://hooks.example.com/sp-2"),
+            ("sendpulse.crm.tasks.update_comment", "commentId") => {
+                self.created("sendpulse.crm.tasks.comment")
+            }
+            ("sendpulse.crm.contacts.update_email", "email") => json!("jane.doe@example.com"),
+            ("sendpulse.crm.attributes.create", "name") => json!("Favourite colour"),
+            ("sendpulse.crm.attributes.update", "name") => json!("Colour"),
+            ("sendpulse.crm.contacts.set_attributes", "attributes") => json!([
+                {"attributeId": self.created("sendpulse.crm.attributes.create"), "value": "teal"}
+            ]),
             _ => match (connector, name) {
                 // ------------------------------------------------- HighLevel
                 ("ghl", "contactId") => json!(self.ghl_contact),
@@ -235,6 +260,12 @@ impl Fixtures {
                     "taskId" => self.created("sendpulse.crm.tasks.create"),
                     "commentId" => self.created("sendpulse.crm.notes.create"),
                     "tagId" => self.created("sendpulse.crm.tags.create"),
+                    "attributeId" => self.created("sendpulse.crm.attributes.create"),
+                    "phoneId" => self.created("sendpulse.crm.contacts.add_phone"),
+                    "emailId" => self.created("sendpulse.crm.contacts.add_emails"),
+                    "isMain" => json!(true),
+                    "url" => json!("https://hooks.example.com/sp"),
+                    "type" => json!(1),
                     "tags" | "tagIds" => json!([self.created("sendpulse.crm.tags.create")]),
                     "ids" => json!([self.crm_contact]),
                     "contacts" => json!(self.crm_contact.to_string()),
@@ -287,13 +318,21 @@ fn phase(op: &OpRef) -> u8 {
     match name.rsplit('.').next().unwrap_or(name) {
         "create" | "upsert" => 0,
         "add" | "add_emails" | "add_phone" | "attach" | "comment" | "bulk_business"
-        | "bulk_update" => 1,
-        "update" | "rename" | "complete" | "status" | "update_variables" => 3,
-        "remove" | "remove_all" | "unsubscribe" | "detach" => 4,
+        | "bulk_update" | "set_attribute" | "set_attributes" => 1,
+        "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute"
+        | "update_phone" | "update_email" | "update_comment" | "set_url" => 3,
+        "remove" | "remove_all" | "unsubscribe" | "detach" | "detach_contact" => 4,
+        "delete_attribute" | "delete_phone" | "delete_email" => 5,
+        // Definitions go after the values that use them.
         "delete"
-            if ["contacts.", "crm.contacts.", "addressbooks."]
-                .iter()
-                .any(|p| name.starts_with(p)) =>
+            if [
+                "contacts.",
+                "crm.contacts.",
+                "crm.attributes.",
+                "addressbooks.",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p)) =>
         {
             6
         }
@@ -403,8 +442,10 @@ fn check_output(op: &OpRef, input: &Map<String, Value>, out: &Value) {
     }
     match op.name().rsplit('.').next().unwrap_or_default() {
         "create" | "upsert" | "comment" | "add_phone" => {
+            // Webhooks are created one per action: a list of records.
+            let record = out.get(0).unwrap_or(out);
             assert!(
-                out.get("id").is_some_and(|v| !v.is_null()),
+                record.get("id").is_some_and(|v| !v.is_null()),
                 "{id}: no id in {out}"
             )
         }
@@ -523,7 +564,14 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         let full = complete_input(op, Some(conn), &input).unwrap();
         check_request(op, &full, &recs[0]);
         check_output(op, &full, &out);
-        if let Some(new_id) = out.get("id").filter(|_| op.name().ends_with("create")) {
+        // Created records, for the actions that address them later; a
+        // list answer (emails added) gives its first record.
+        let creates = ["create", "comment", "add_phone", "add_emails"];
+        let last = op.name().rsplit('.').next().unwrap_or_default();
+        let record = out
+            .get("id")
+            .or_else(|| out.get(0).and_then(|o| o.get("id")));
+        if let Some(new_id) = record.filter(|_| creates.contains(&last)) {
             fx.created.insert(id.clone(), new_id.clone());
         }
         covered.insert(id);

@@ -66,12 +66,24 @@ impl World {
     /// Runs `patchbay fire` (blocking the runtime thread is avoided: the
     /// emulators live on other worker threads).
     async fn fire(&self, recipe: &str, event: &Path, extra: &[&str]) -> Output {
+        self.fire_with(&self.dir.join("connections.yaml"), recipe, event, extra)
+            .await
+    }
+
+    /// [`World::fire`] with another connections file.
+    async fn fire_with(
+        &self,
+        connections: &Path,
+        recipe: &str,
+        event: &Path,
+        extra: &[&str],
+    ) -> Output {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"));
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["fire", &format!("recipes/{recipe}.yaml"), "--event"])
             .arg(event)
             .arg("--connections")
-            .arg(self.dir.join("connections.yaml"))
+            .arg(connections)
             .args(extra)
             .env("GHL_TOKEN", GHL_TOKEN)
             .env("GHL_REFRESH", GHL_REFRESH)
@@ -263,21 +275,6 @@ async fn failures_exit_one_with_the_api_message_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_file_the_server_would_not_take_exits_two_with_the_server_message() {
     let w = world("refused").await;
-    // One object where SendPulse posts an array: the server answers 400
-    // with this message (tests/engine.rs), and so does `fire`.
-    let ev = w.event(
-        "object.json",
-        json!({"event": "new_emails", "book_id": "490686", "email": "x@example.com"}),
-    );
-    let o = w
-        .fire("sendpulse-subscriber-to-ghl-contact", &ev, &["--dry-run"])
-        .await;
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("object.json: SendPulse deliveries are a JSON array of events\n"),
-        "{}",
-        text(&o)
-    );
     // Items are routed by their type, as the server routes them.
     let ev = w.event(
         "untyped.json",
@@ -307,4 +304,58 @@ async fn an_event_file_the_server_would_not_take_exits_two_with_the_server_messa
         text(&o)
     );
     assert!(w.ghl.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_event_object_runs_as_a_delivery_of_one() {
+    let w = world("object").await;
+    // SendPulse posts arrays; a file holding one event object is that event.
+    let ev = w.event(
+        "object.json",
+        json!({"event": "new_emails", "book_id": "490686", "email": "solo@example.com", "variables": {"name": "Solo One"}}),
+    );
+    let o = w
+        .fire(
+            "sendpulse-subscriber-to-ghl-contact",
+            &ev,
+            &["--format", "json"],
+        )
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(report(&o)["status"], "completed");
+    let contacts = w.ghl.contacts();
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0]["email"], "solo@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_connection_is_not_demanded_and_unused_secrets_are_not_read() {
+    let w = world("noconn").await;
+    // Only HighLevel, which the steps use: the trigger's `sendpulse-main`
+    // is absent, and a second SendPulse connection's secret is unset.
+    let conns = w.dir.join("ghl-only.yaml");
+    let full = std::fs::read_to_string(w.dir.join("connections.yaml")).unwrap();
+    let ghl_part = full.split("sendpulse-main:").next().unwrap().to_string();
+    std::fs::write(
+        &conns,
+        format!("{ghl_part}sendpulse-other:\n  connector: sendpulse\n  client_id: x\n  client_secret: {{ env: PATCHBAY_TEST_UNSET_SECRET }}\n"),
+    )
+    .unwrap();
+    let ev = w.event(
+        "ev.json",
+        json!([{"event": "new_emails", "book_id": "490686", "email": "lone@example.com", "variables": {"name": "Lone Ranger"}}]),
+    );
+    let o = w
+        .fire_with(
+            &conns,
+            "sendpulse-subscriber-to-ghl-contact",
+            &ev,
+            &["--format", "json"],
+        )
+        .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning[unknown-connection]"), "{err}");
+    assert_eq!(report(&o)["status"], "completed");
+    assert_eq!(w.ghl.contacts().len(), 1);
 }

@@ -947,35 +947,88 @@ async fn event_emails(dir: &Path) -> HashMap<String, String> {
         .collect()
 }
 
+/// The `x-catalog` header of the HighLevel upserts for one email, in order.
+fn catalog_marks(g: &ghl::GhlEmulator, email: &str) -> Vec<Option<String>> {
+    g.requests()
+        .iter()
+        .filter(|r| r.path == "/contacts/upsert" && r.body["email"] == email)
+        .map(|r| r.header("x-catalog").map(str::to_string))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_catalog_is_reported_as_needing_a_restart() {
+async fn a_changed_connector_applies_without_restart_and_one_that_breaks_a_recipe_is_rejected() {
     let g = emulator("pit-reload").await;
     let v1 = recipe("alpha", "alpha v1");
     let dir = start_dir("catalog", &g, &[("alpha.yaml", &v1)]);
-    let http = include_str!("../src/catalog/connectors/http.yaml");
+    let ghl_yaml = include_str!("../src/catalog/connectors/ghl.yaml");
+    let version = "headers:\n  Version: \"2021-07-28\"\n";
+    assert!(ghl_yaml.contains(version));
+    let with_header =
+        |mark: &str| ghl_yaml.replace(version, &format!("{version}  X-Catalog: {mark}\n"));
     std::fs::create_dir(dir.join("catalog")).unwrap();
-    std::fs::write(dir.join("catalog/http.yaml"), http).unwrap();
+    std::fs::write(dir.join("catalog/ghl.yaml"), with_header("one")).unwrap();
     let e = Engine::start(&dir, &["--catalog", "catalog"]).await;
     e.wait_serving("alpha", &v1).await;
     assert_eq!(e.status().await["rejected"], json!([]));
+    assert_eq!(e.post("c1@example.com").await, 200);
+    e.settle(1).await;
+    assert_eq!(catalog_marks(&g, "c1@example.com"), [Some("one".into())]);
 
-    std::fs::write(dir.join("catalog/http.yaml"), format!("{http}\n# edited\n")).unwrap();
+    // A changed connector serves the next event, without a restart.
+    atomic_write(&dir.join("catalog/ghl.yaml"), &with_header("two"));
+    e.wait_for("the catalog applied", |s| {
+        s["last_reload"]["catalog"] == true
+    })
+    .await;
+    assert_eq!(e.post("c2@example.com").await, 200);
+    e.settle(2).await;
+    assert_eq!(catalog_marks(&g, "c2@example.com"), [Some("two".into())]);
+
+    // Renaming the operation alpha uses would break it: rejected, with
+    // alpha's line and column, and the previous catalog keeps serving.
+    let broken =
+        with_header("three").replace("\n  contacts.upsert:\n", "\n  contacts.upsert_v2:\n");
+    assert_ne!(broken, with_header("three"));
+    atomic_write(&dir.join("catalog/ghl.yaml"), &broken);
     let s = e
         .wait_for("the catalog rejection", |s| {
             s["rejected"].as_array().is_some_and(|r| !r.is_empty())
         })
         .await;
     assert_eq!(s["rejected"][0]["file"], "catalog");
-    let diag = s["rejected"][0]["diagnostics"][0].as_str().unwrap();
-    assert!(diag.contains("restart-needed"), "{diag}");
-    // Recipes still reload meanwhile.
+    let diags: Vec<&str> = s["rejected"][0]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        diags[0].contains("catalog-breaks-recipes") && diags[0].contains("`alpha`"),
+        "{diags:?}"
+    );
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.starts_with("recipes/alpha.yaml:5:13: error[unknown-operation]")),
+        "{diags:?}"
+    );
+    assert!(recipe_of(&s, "alpha").is_some());
+    assert_eq!(e.post("c3@example.com").await, 200);
+    e.settle(3).await;
+    assert_eq!(catalog_marks(&g, "c3@example.com"), [Some("two".into())]);
+
+    // Recipes still reload meanwhile, against the catalog that serves.
     let v2 = recipe("alpha", "alpha v2");
     std::fs::write(dir.join("recipes/alpha.yaml"), &v2).unwrap();
     e.wait_serving("alpha", &v2).await;
-    // Put back as it was: nothing pending any more.
-    std::fs::write(dir.join("catalog/http.yaml"), http).unwrap();
+    // Fixed: the rejection goes and the new catalog applies.
+    atomic_write(&dir.join("catalog/ghl.yaml"), &with_header("three"));
     e.wait_for("the catalog back", |s| s["rejected"] == json!([]))
         .await;
+    assert_eq!(e.post("c4@example.com").await, 200);
+    e.settle(4).await;
+    assert_eq!(catalog_marks(&g, "c4@example.com"), [Some("three".into())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 pub mod doc;
 pub mod model;
+pub mod openapi;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -39,13 +40,23 @@ pub struct Connector {
     /// Each operation's `connector.operation` id, made at its first use:
     /// the engine names an event's operation several times per event.
     ids: Vec<OnceLock<String>>,
+    /// Each operation's compiled `output` JSONPath, made at its first use;
+    /// it travels with the operation, so a run keeps the declaration it
+    /// started with across a catalog reload.
+    outputs: Vec<OnceLock<Option<jsonpath::JsonPath>>>,
 }
 
 impl Connector {
     /// A connector declared by `source`.
     pub fn new(def: ConnectorDef, source: String) -> Connector {
         let ids = (0..def.operations.len()).map(|_| OnceLock::new()).collect();
-        Connector { def, source, ids }
+        let outputs = (0..def.operations.len()).map(|_| OnceLock::new()).collect();
+        Connector {
+            def,
+            source,
+            ids,
+            outputs,
+        }
     }
 }
 
@@ -87,6 +98,24 @@ impl OpRef {
     /// The connector declaration.
     pub fn connector(&self) -> &ConnectorDef {
         &self.connector.def
+    }
+
+    /// The compiled `output` path; `None` when the operation has none (or
+    /// it does not compile, which loading reports).
+    pub fn output(&self) -> Option<&jsonpath::JsonPath> {
+        self.connector.outputs[self.index]
+            .get_or_init(|| {
+                self.def()
+                    .output
+                    .as_deref()
+                    .and_then(|p| jsonpath::compile(p).ok())
+            })
+            .as_ref()
+    }
+
+    /// Whether both name the same declaration of the same loaded connector.
+    pub fn same_as(&self, other: &OpRef) -> bool {
+        Arc::ptr_eq(&self.connector, &other.connector) && self.index == other.index
     }
 
     /// Whether this is a trigger (webhook or poll).
@@ -141,6 +170,12 @@ impl Catalog {
             }
         }
         Ok((cat, diags))
+    }
+
+    /// This catalog with `c` added (or replacing the connector of its name).
+    pub fn with_connector(mut self, c: Connector) -> Catalog {
+        self.insert(c);
+        self
     }
 
     fn insert(&mut self, c: Connector) {
@@ -388,6 +423,33 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
             }
         }
     }
+    for (i, r) in def.errors.rules.iter().enumerate() {
+        let at = format!("/errors/rules/{i}");
+        if r.status.is_none()
+            && r.body_has.is_none()
+            && r.body_equals.is_none()
+            && r.message_contains.is_none()
+        {
+            err(&at, "an error rule needs a condition (`status`, `body_has`, `body_equals` or `message_contains`); as written it matches every error".into());
+        }
+        let paths = r
+            .body_has
+            .iter()
+            .chain(r.body_equals.iter().map(|b| &b.path));
+        for p in paths {
+            if p.is_empty() || p.split('.').any(str::is_empty) {
+                err(&at, format!("body path `{p}` has an empty segment"));
+            }
+        }
+    }
+    for (i, p) in def.errors.message.iter().enumerate() {
+        if p.is_empty() || p.split('.').any(str::is_empty) {
+            err(
+                &format!("/errors/message/{i}"),
+                format!("message path `{p}` has an empty segment"),
+            );
+        }
+    }
     for (field, pointer) in fields_used {
         if !has_field(field) {
             err(
@@ -466,6 +528,25 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
                     err(
                         &format!("{base}/inputs/{input}"),
                         format!("input `{input}` is `in: path` but the path has no `{{{input}}}`"),
+                    );
+                }
+            }
+        }
+        for (input, i) in &op.inputs {
+            let at = format!("{base}/inputs/{input}");
+            if let Some(d) = &i.default {
+                if !(i.ty.accepts(d) || d.is_null() && i.nullable) {
+                    err(
+                        &format!("{at}/default"),
+                        format!("default of `{input}` is not a {}", i.ty.as_str()),
+                    );
+                }
+            }
+            for (n, v) in i.allowed.iter().flatten().enumerate() {
+                if !i.ty.accepts(v) {
+                    err(
+                        &format!("{at}/enum/{n}"),
+                        format!("allowed value {v} of `{input}` is not a {}", i.ty.as_str()),
                     );
                 }
             }

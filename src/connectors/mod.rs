@@ -128,6 +128,15 @@ impl Conn {
     }
 }
 
+/// Whether `def` is still what `catalog` declares for its connector.
+fn same_def(catalog: &Catalog, def: &ConnectorDef) -> bool {
+    match catalog.connector(&def.connector) {
+        // Serialized forms compare every field; reloads are rare.
+        Some(now) => serde_json::to_value(now).ok() == serde_json::to_value(def).ok(),
+        None => false,
+    }
+}
+
 /// A connection's base URL, parsed.
 #[derive(Debug, Clone)]
 struct BaseUrl {
@@ -170,12 +179,12 @@ pub struct Runtime {
     client: OnceLock<reqwest::Client>,
     /// When set, requests are answered here instead of sent.
     transport: Option<Arc<dyn Transport>>,
-    catalog: Catalog,
+    /// Swapped whole by a catalog reload.
+    catalog: RwLock<Arc<Catalog>>,
     /// Swapped whole by a reload; a run holds the `Conn` it took.
     conns: RwLock<Arc<HashMap<String, Arc<Conn>>>>,
     store: Arc<dyn LinkStore>,
     tokens: Arc<dyn TokenStore>,
-    outputs: HashMap<String, JsonPath>,
     /// When set, requests are recorded here instead of sent.
     dry_run: Option<Mutex<Vec<Prepared>>>,
     /// Engines sharing each connection's API budget (see [`Self::share_rate_limits`]).
@@ -205,14 +214,6 @@ impl Runtime {
         store: Arc<dyn LinkStore>,
         tokens: Arc<dyn TokenStore>,
     ) -> Runtime {
-        let mut outputs = HashMap::new();
-        for op in catalog.operations() {
-            if let Some(p) = &op.def().output {
-                if let Ok(c) = jsonpath::compile(p) {
-                    outputs.insert(op.id().to_string(), c);
-                }
-            }
-        }
         let conns = connections
             .into_iter()
             .filter_map(|c| Some((c.name.clone(), Arc::new(Conn::build(&catalog, c)?))))
@@ -220,11 +221,10 @@ impl Runtime {
         Runtime {
             client: OnceLock::new(),
             transport: None,
-            catalog,
+            catalog: RwLock::new(Arc::new(catalog)),
             conns: RwLock::new(Arc::new(conns)),
             store,
             tokens,
-            outputs,
             dry_run: None,
             engines: std::sync::atomic::AtomicUsize::new(1),
         }
@@ -263,17 +263,18 @@ impl Runtime {
     /// state they took. Returns the names of connections added, changed or
     /// removed.
     pub fn set_connections(&self, connections: Vec<ResolvedConnection>) -> Vec<String> {
+        let catalog = self.catalog();
         let mut conns = self.conns.write().expect("connections lock");
         let mut next = HashMap::new();
         let mut touched = Vec::new();
         for c in connections {
             match conns.get(&c.name) {
-                Some(old) if *old.resolved == c => {
+                Some(old) if *old.resolved == c && same_def(&catalog, &old.def) => {
                     next.insert(c.name.clone(), old.clone());
                 }
                 _ => {
                     touched.push(c.name.clone());
-                    if let Some(conn) = Conn::build(&self.catalog, c.clone()) {
+                    if let Some(conn) = Conn::build(&catalog, c.clone()) {
                         next.insert(c.name, Arc::new(conn));
                     }
                 }
@@ -322,9 +323,28 @@ impl Runtime {
         conns.get(name).map(|c| c.resolved.clone())
     }
 
-    /// The catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    /// The catalog serving now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Replaces the catalog (hot reload) and then the connections, so a
+    /// connection whose connector declaration changed gets new state built
+    /// from the new one; the others keep theirs. Runs in flight keep the
+    /// operations they hold. Returns the connections rebuilt or removed.
+    pub fn set_catalog(
+        &self,
+        catalog: Catalog,
+        connections: Option<Vec<ResolvedConnection>>,
+    ) -> Vec<String> {
+        // Without new connection values, the ones serving are rebuilt where
+        // their connector changed.
+        let connections = connections.unwrap_or_else(|| {
+            let conns = self.conns.read().expect("connections lock");
+            conns.values().map(|c| (*c.resolved).clone()).collect()
+        });
+        *self.catalog.write().expect("catalog lock") = Arc::new(catalog);
+        self.set_connections(connections)
     }
 
     /// The connection a step uses: the named one, or the only one of the
@@ -409,7 +429,7 @@ impl Runtime {
     }
 
     fn extract(&self, op: &OpRef, body: Value) -> Value {
-        match self.outputs.get(op.id()) {
+        match op.output() {
             Some(p) => p.first(&body).unwrap_or(Value::Null),
             None => body,
         }
@@ -754,7 +774,7 @@ impl Runtime {
             .and_then(|t| parse_duration(t).ok())
             .unwrap_or(DEFAULT_TIMEOUT);
         let def = self
-            .catalog
+            .catalog()
             .connector("http")
             .cloned()
             .unwrap_or_else(|| op.connector().clone());

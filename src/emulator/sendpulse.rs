@@ -248,6 +248,10 @@ struct St {
     contacts: BTreeMap<i64, Value>,
     tasks: BTreeMap<i64, Value>,
     tags: BTreeMap<i64, Value>,
+    /// Contact attribute definitions.
+    attributes: BTreeMap<i64, Value>,
+    /// Email-service webhooks, one per action.
+    webhooks: BTreeMap<i64, Value>,
     next_book: i64,
     next_contact: i64,
     next_task: i64,
@@ -476,6 +480,7 @@ impl St {
             .filter_map(|t| self.tag_view(t.as_i64()?))
             .collect();
         c["tags"] = Value::Array(tags);
+        c["attributes"] = self.attribute_values(&c);
         let tasks: Vec<i64> = self
             .tasks
             .values()
@@ -484,6 +489,29 @@ impl St {
             .collect();
         c["tasks"] = json!(tasks);
         c
+    }
+
+    /// A contact's attribute values `{id, value}` joined with their
+    /// definitions, as the API shows them; values of deleted definitions
+    /// are gone.
+    fn attribute_values(&self, c: &Value) -> Value {
+        let values = c["attributes"].as_array().into_iter().flatten();
+        Value::Array(
+            values
+                .filter_map(|v| {
+                    let mut def = self.attributes.get(&v["id"].as_i64()?)?.clone();
+                    def["value"] = v["value"].clone();
+                    Some(def)
+                })
+                .collect(),
+        )
+    }
+
+    fn attribute_id(&self, id: &str) -> Result<i64, Response> {
+        id.parse()
+            .ok()
+            .filter(|id| self.attributes.contains_key(id))
+            .ok_or_else(not_found)
     }
 
     fn tag_view(&self, id: i64) -> Option<Value> {
@@ -501,6 +529,17 @@ impl St {
         tag["contactCount"] = json!(contacts);
         tag["taskCount"] = json!(tasks);
         Some(tag)
+    }
+}
+
+/// Appends a history entry to a contact (`history`) or task
+/// (`histories`). The reference gives the endpoints, not the entry shape:
+/// `{id, action, userId, createdAt}` is the emulator's.
+fn log(record: &mut Map<String, Value>, field: &str, action: &str) {
+    let list = record.entry(field).or_insert(json!([]));
+    if let Some(list) = list.as_array_mut() {
+        let id = list.len() + 1;
+        list.push(json!({"id": id, "action": action, "userId": OWNER_ID, "createdAt": now()}));
     }
 }
 
@@ -552,6 +591,17 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/addressbooks/{id}/emails/{email}", get(subscriber_get))
         .route("/emails/{email}", get(email_books).delete(email_delete))
         .route("/emails/{email}/details", get(email_details))
+        .route("/emails", post(emails_books_many))
+        .route("/emails/{email}/campaigns", get(email_campaigns))
+        .route(
+            "/v2/email-service/webhook",
+            get(webhooks_list).post(webhooks_create),
+        )
+        .route("/v2/email-service/webhook/", post(webhooks_create))
+        .route(
+            "/v2/email-service/webhook/{id}",
+            get(webhook_get).put(webhook_set_url).delete(webhook_delete),
+        )
         // CRM
         .route("/crm/v1/users", get(crm_users))
         .route("/crm/v1/boards", get(crm_boards))
@@ -563,6 +613,30 @@ fn router(shared: Arc<Shared>) -> Router {
             post(crm_contacts_by_email),
         )
         .route(
+            "/crm/v1/contacts/external/{externalContactId}",
+            get(crm_contact_by_external_id),
+        )
+        .route(
+            "/crm/v1/contacts/attributes",
+            get(crm_attributes_list).post(crm_attribute_create),
+        )
+        .route(
+            "/crm/v1/contacts/attributes/{attributeId}",
+            axum::routing::put(crm_attribute_update).delete(crm_attribute_delete),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes",
+            get(crm_values_get).post(crm_value_set),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes/batch",
+            post(crm_values_batch),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/attributes/{attributeId}",
+            axum::routing::put(crm_value_update).delete(crm_value_delete),
+        )
+        .route(
             "/crm/v1/contacts/{contactId}",
             get(crm_contact_get)
                 .put(crm_contact_update)
@@ -570,6 +644,27 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/crm/v1/contacts/{contactId}/phones", post(crm_phone_add))
         .route("/crm/v1/contacts/{contactId}/emails", post(crm_emails_add))
+        .route(
+            "/crm/v1/contacts/{contactId}/history",
+            get(crm_contact_history),
+        )
+        .route("/crm/v1/tasks/{taskId}/history", get(crm_task_history))
+        .route(
+            "/crm/v1/contacts/{contactId}/phones/{phoneId}",
+            axum::routing::put(crm_phone_update).delete(crm_phone_delete),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/emails/{emailId}",
+            axum::routing::put(crm_email_update).delete(crm_email_delete),
+        )
+        .route(
+            "/crm/v1/tasks/{taskId}/comments/{commentId}",
+            axum::routing::put(crm_task_comment_update),
+        )
+        .route(
+            "/crm/v1/task-contacts/{taskId}/contact/{contactId}",
+            axum::routing::delete(crm_task_contact_detach),
+        )
         .route(
             "/crm/v1/contacts/{contactId}/comments",
             post(crm_note_create),
@@ -581,6 +676,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/crm/v1/contact-tags",
             get(crm_tags_list).post(crm_tag_create),
+        )
+        .route(
+            "/crm/v1/contact-tags/{tagId}",
+            axum::routing::put(crm_tag_rename).delete(crm_tag_delete),
         )
         .route(
             "/crm/v1/contact-tags/{tagId}/contact/{contactId}",
@@ -1169,6 +1268,43 @@ async fn email_books(State(s): S, Path(email): Path<String>, req: Req) -> Out {
     Ok(respond(200, Value::Array(found)))
 }
 
+async fn emails_books_many(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let body = req.body()?;
+    let emails = email_list(&body, "Limit is exceeded. Max count: 100")?;
+    let mut out = Map::new();
+    for email in emails {
+        let found: Vec<Value> = st
+            .books
+            .values()
+            .filter_map(|b| {
+                let sub = b.sub(&email)?;
+                Some(json!({"book_id": b.id, "status": sub.status, "variables": b.typed_vars(sub)}))
+            })
+            .collect();
+        out.insert(email, Value::Array(found));
+    }
+    Ok(respond(200, Value::Object(out)))
+}
+
+async fn email_campaigns(State(s): S, Path(email): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let books: Vec<Value> = st
+        .books
+        .values()
+        .filter(|b| b.sub(&email).is_some())
+        .map(|b| json!({"id": b.id, "address_book_name": b.name}))
+        .collect();
+    if books.is_empty() {
+        return Err(email_not_found());
+    }
+    // The emulator sends no campaigns: the counts are zero.
+    Ok(respond(
+        200,
+        json!({"statistic": {"sent": 0, "open": 0, "link": 0}, "addressbooks": books, "blacklist": false}),
+    ))
+}
+
 async fn email_details(State(s): S, Path(email): Path<String>, req: Req) -> Out {
     let st = s.authed(&req)?;
     let found: Vec<Value> = st
@@ -1201,6 +1337,100 @@ async fn email_delete(State(s): S, Path(email): Path<String>, req: Req) -> Out {
 }
 
 // ------------------------------------------------------------ CRM: misc
+
+// ------------------------------------------------- webhook management
+
+/// The email-service webhook actions (reference §5.1).
+const WEBHOOK_ACTIONS: [&str; 10] = [
+    "new_emails",
+    "delete",
+    "unsubscribe",
+    "delivered",
+    "open",
+    "redirect",
+    "spam",
+    "hard_bounces",
+    "soft_bounces",
+    "task_status_update",
+];
+
+fn success(value: Value) -> Response {
+    respond(200, json!({"success": true, "data": value}))
+}
+
+fn webhook_url(body: &Value) -> Result<String, Response> {
+    body.get("url")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .map(str::to_string)
+        .ok_or_else(|| e422("Argument url must be an http(s) URL"))
+}
+
+fn webhook_id(st: &St, id: &str) -> Result<i64, Response> {
+    id.parse()
+        .ok()
+        .filter(|id| st.webhooks.contains_key(id))
+        .ok_or_else(|| err(404, "Webhook not found", 404))
+}
+
+async fn webhooks_list(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    Ok(success(Value::Array(
+        st.webhooks.values().cloned().collect(),
+    )))
+}
+
+async fn webhook_get(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let id = webhook_id(&st, &id)?;
+    Ok(success(st.webhooks[&id].clone()))
+}
+
+async fn webhooks_create(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let url = webhook_url(&body)?;
+    let Some(actions) = body
+        .get("actions")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    else {
+        return Err(e422("Argument actions missing"));
+    };
+    let mut names = Vec::new();
+    for a in actions {
+        match a.as_str().filter(|a| WEBHOOK_ACTIONS.contains(a)) {
+            Some(a) => names.push(a.to_string()),
+            None => return Err(e422(&format!("Unknown action {a}"))),
+        }
+    }
+    let mut rows = Vec::new();
+    for action in names {
+        let id = st.id();
+        let row = json!({"id": id, "user_id": OWNER_ID, "url": url, "action": action});
+        st.webhooks.insert(id, row.clone());
+        rows.push(row);
+    }
+    Ok(success(Value::Array(rows)))
+}
+
+async fn webhook_set_url(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let id = webhook_id(&st, &id)?;
+    let url = webhook_url(&body)?;
+    if let Some(w) = st.webhooks.get_mut(&id) {
+        w["url"] = json!(url);
+    }
+    Ok(success(json!([true])))
+}
+
+async fn webhook_delete(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let id = webhook_id(&st, &id)?;
+    st.webhooks.remove(&id);
+    Ok(success(json!([true])))
+}
 
 fn users() -> Value {
     json!([
@@ -1282,6 +1512,7 @@ async fn crm_contact_create(State(s): S, req: Req) -> Out {
             c.insert(f.into(), v.clone());
         }
     }
+    log(&mut c, "history", "created");
     let c = Value::Object(c);
     st.contacts
         .insert(c["id"].as_i64().unwrap_or_default(), c.clone());
@@ -1307,6 +1538,7 @@ async fn crm_contact_update(State(s): S, Path(id): Path<String>, req: Req) -> Ou
             c.insert(f.into(), v.clone());
         }
     }
+    log(c, "history", "updated");
     c.insert("updatedAt".into(), json!(now()));
     let c = Value::Object(c.clone());
     Ok(data(200, st.contact_view(&c)))
@@ -1552,6 +1784,7 @@ async fn crm_phone_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     if let Some(list) = phones.as_array_mut() {
         list.push(entry.clone());
     }
+    log(c, "history", "phone_added");
     c.insert("updatedAt".into(), json!(now()));
     Ok(data(200, entry))
 }
@@ -1593,8 +1826,130 @@ async fn crm_emails_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
         out.push(entry);
     }
     c.insert("emails".into(), Value::Array(list));
+    log(c, "history", "emails_added");
     c.insert("updatedAt".into(), json!(now()));
     Ok(data(200, Value::Array(out)))
+}
+
+async fn crm_contact_history(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let c = st.contact_mut(&id)?;
+    Ok(data(200, c.get("history").cloned().unwrap_or(json!([]))))
+}
+
+async fn crm_task_history(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let t = st.task_mut(&id)?;
+    Ok(data(200, t.get("histories").cloned().unwrap_or(json!([]))))
+}
+
+/// The entry `item_id` of a contact's `field` list (phones, emails).
+fn entry_mut<'a>(
+    c: &'a mut Map<String, Value>,
+    field: &str,
+    item_id: &str,
+) -> Result<&'a mut Value, Response> {
+    let id: i64 = item_id.parse().map_err(|_| not_found())?;
+    c.get_mut(field)
+        .and_then(Value::as_array_mut)
+        .and_then(|l| l.iter_mut().find(|e| e["id"] == id))
+        .ok_or_else(not_found)
+}
+
+/// Removes entry `item_id` from a contact's `field` list; the first left
+/// becomes main when the main one goes.
+fn remove_entry(c: &mut Map<String, Value>, field: &str, item_id: &str) -> Result<(), Response> {
+    let id: i64 = item_id.parse().map_err(|_| not_found())?;
+    let list = c
+        .get_mut(field)
+        .and_then(Value::as_array_mut)
+        .ok_or_else(not_found)?;
+    let at = list
+        .iter()
+        .position(|e| e["id"] == id)
+        .ok_or_else(not_found)?;
+    let was_main = list.remove(at)["isMain"] == true;
+    if was_main {
+        if let Some(first) = list.first_mut() {
+            first["isMain"] = json!(true);
+        }
+    }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(())
+}
+
+async fn crm_phone_update(
+    State(s): S,
+    Path((id, phone_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let Some(phone) = body
+        .get("phone")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    else {
+        return Err(crm422("phone", "The phone field is required."));
+    };
+    let c = st.contact_mut(&id)?;
+    let entry = entry_mut(c, "phones", &phone_id)?;
+    entry["phone"] = json!(phone);
+    let entry = entry.clone();
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_phone_delete(
+    State(s): S,
+    Path((id, phone_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    remove_entry(st.contact_mut(&id)?, "phones", &phone_id)?;
+    Ok(no_content())
+}
+
+async fn crm_email_update(
+    State(s): S,
+    Path((id, email_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let Some(email) = body
+        .get("email")
+        .and_then(Value::as_str)
+        .filter(|e| is_email(e))
+    else {
+        return Err(crm422("email", "The email must be a valid email address."));
+    };
+    let main = body.get("isMain") == Some(&json!(true));
+    let c = st.contact_mut(&id)?;
+    entry_mut(c, "emails", &email_id)?;
+    if main {
+        for e in c["emails"].as_array_mut().into_iter().flatten() {
+            e["isMain"] = json!(false);
+        }
+    }
+    let entry = entry_mut(c, "emails", &email_id)?;
+    entry["email"] = json!(email);
+    if main {
+        entry["isMain"] = json!(true);
+    }
+    let entry = entry.clone();
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_email_delete(
+    State(s): S,
+    Path((id, email_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    remove_entry(st.contact_mut(&id)?, "emails", &email_id)?;
+    Ok(no_content())
 }
 
 fn message(body: &Value) -> Result<String, Response> {
@@ -1623,6 +1978,7 @@ async fn crm_note_create(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     if let Some(list) = c.entry("comments").or_insert(json!([])).as_array_mut() {
         list.push(comment.clone());
     }
+    log(c, "history", "comment_added");
     c.insert("updatedAt".into(), json!(now));
     Ok(data(200, comment))
 }
@@ -1682,20 +2038,7 @@ async fn crm_tags_list(State(s): S, req: Req) -> Out {
 async fn crm_tag_create(State(s): S, req: Req) -> Out {
     let mut st = s.authed(&req)?;
     let body = req.body()?;
-    let Some(name) = body
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.trim().is_empty())
-    else {
-        return Err(crm422("name", "The name field is required."));
-    };
-    if st.tags.values().any(|t| {
-        t["name"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(name))
-    }) {
-        return Err(crm422("name", "The name has already been taken."));
-    }
+    let name = tag_name(&st, &body, None)?.to_string();
     let id = st.id();
     st.tags.insert(
         id,
@@ -1732,6 +2075,240 @@ async fn crm_tag_detach(State(s): S, Path((tag, id)): Path<(String, String)>, re
     if let Some(list) = c.get_mut("tags").and_then(Value::as_array_mut) {
         list.retain(|x| x.as_i64() != Some(tag));
     }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(no_content())
+}
+
+fn tag_name<'a>(st: &St, body: &'a Value, except: Option<i64>) -> Result<&'a str, Response> {
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty())
+    else {
+        return Err(crm422("name", "The name field is required."));
+    };
+    if st.tags.iter().any(|(id, t)| {
+        Some(*id) != except
+            && t["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    }) {
+        return Err(crm422("name", "The name has already been taken."));
+    }
+    Ok(name)
+}
+
+async fn crm_tag_rename(State(s): S, Path(tag): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let tag = tag_id(&st, &tag)?;
+    let name = tag_name(&st, &body, Some(tag))?.to_string();
+    if let Some(t) = st.tags.get_mut(&tag) {
+        t["name"] = json!(name);
+    }
+    Ok(data(200, st.tag_view(tag).unwrap_or_default()))
+}
+
+async fn crm_tag_delete(State(s): S, Path(tag): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let tag = tag_id(&st, &tag)?;
+    st.tags.remove(&tag);
+    let st = &mut *st;
+    for r in st.contacts.values_mut().chain(st.tasks.values_mut()) {
+        if let Some(list) = r["tags"].as_array_mut() {
+            list.retain(|x| x.as_i64() != Some(tag));
+        }
+    }
+    Ok(no_content())
+}
+
+// ------------------------------------------------------ CRM: attributes
+
+async fn crm_contact_by_external_id(State(s): S, Path(ext): Path<String>, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let c = st
+        .contacts
+        .values()
+        .find(|c| c["externalContactId"].as_str() == Some(ext.as_str()))
+        .ok_or_else(not_found)?;
+    Ok(data(200, st.contact_view(c)))
+}
+
+async fn crm_attributes_list(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    Ok(data(
+        200,
+        Value::Array(st.attributes.values().cloned().collect()),
+    ))
+}
+
+fn attribute_name<'a>(st: &St, body: &'a Value, except: Option<i64>) -> Result<&'a str, Response> {
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty())
+    else {
+        return Err(crm422("name", "The name field is required."));
+    };
+    if st
+        .attributes
+        .iter()
+        .any(|(id, a)| Some(*id) != except && a["name"] == name)
+    {
+        return Err(crm422("name", "The name has already been taken."));
+    }
+    Ok(name)
+}
+
+async fn crm_attribute_create(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let name = attribute_name(&st, &body, None)?.to_string();
+    let ty = match body.get("type") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_i64()
+            .filter(|t| (1..=10).contains(t))
+            .ok_or_else(|| crm422("type", "The type must be an integer from 1 to 10."))?,
+    };
+    let id = st.id();
+    let def = json!({"id": id, "name": name, "type": ty, "status": 1, "mandatory": false});
+    st.attributes.insert(id, def.clone());
+    Ok(data(200, def))
+}
+
+async fn crm_attribute_update(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let id = st.attribute_id(&id)?;
+    let name = attribute_name(&st, &body, Some(id))?.to_string();
+    let def = st.attributes.get_mut(&id).ok_or_else(not_found)?;
+    def["name"] = json!(name);
+    Ok(data(200, def.clone()))
+}
+
+async fn crm_attribute_delete(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let id = st.attribute_id(&id)?;
+    st.attributes.remove(&id);
+    for c in st.contacts.values_mut() {
+        if let Some(list) = c["attributes"].as_array_mut() {
+            list.retain(|v| v["id"].as_i64() != Some(id));
+        }
+    }
+    Ok(no_content())
+}
+
+/// An attribute value as sent: a string of at most 5,500 characters.
+fn attribute_value(body: &Value) -> Result<String, Response> {
+    match body.get("value") {
+        Some(Value::String(v)) if v.chars().count() > 5_500 => Err(crm422(
+            "value",
+            "The value may not be greater than 5500 characters.",
+        )),
+        Some(Value::String(v)) => Ok(v.clone()),
+        _ => Err(crm422("value", "The value field is required.")),
+    }
+}
+
+/// Sets one value on a contact (replacing any earlier one).
+fn set_value(st: &mut St, contact: &str, attribute: i64, value: String) -> Result<(), Response> {
+    let c = st.contact_mut(contact)?;
+    let list = c.entry("attributes").or_insert(json!([]));
+    if let Some(list) = list.as_array_mut() {
+        list.retain(|v| v["id"].as_i64() != Some(attribute));
+        list.push(json!({"id": attribute, "value": value}));
+    }
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(())
+}
+
+/// The contact's value of one attribute, as the API shows it.
+fn value_view(st: &mut St, contact: &str, attribute: i64) -> Result<Value, Response> {
+    let c = Value::Object(st.contact_mut(contact)?.clone());
+    st.attribute_values(&c)
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["id"] == attribute).cloned())
+        .ok_or_else(not_found)
+}
+
+async fn crm_values_get(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let c = Value::Object(st.contact_mut(&id)?.clone());
+    Ok(data(200, st.attribute_values(&c)))
+}
+
+fn attribute_ref(st: &St, body: &Value) -> Result<i64, Response> {
+    let id = body
+        .get("attributeId")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| crm422("attributeId", "The attribute id field is required."))?;
+    if !st.attributes.contains_key(&id) {
+        return Err(crm422(
+            "attributeId",
+            "The selected attribute id is invalid.",
+        ));
+    }
+    Ok(id)
+}
+
+async fn crm_value_set(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let attribute = attribute_ref(&st, &body)?;
+    let value = attribute_value(&body)?;
+    set_value(&mut st, &id, attribute, value)?;
+    Ok(data(200, value_view(&mut st, &id, attribute)?))
+}
+
+async fn crm_values_batch(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let Some(items) = body.get("attributes").and_then(Value::as_array) else {
+        return Err(crm422("attributes", "The attributes field is required."));
+    };
+    // All checked before any is written: a batch applies whole or not at all.
+    let mut checked = Vec::with_capacity(items.len());
+    for item in items {
+        checked.push((attribute_ref(&st, item)?, attribute_value(item)?));
+    }
+    let mut out = Vec::with_capacity(checked.len());
+    for (attribute, value) in checked {
+        set_value(&mut st, &id, attribute, value)?;
+        out.push(value_view(&mut st, &id, attribute)?);
+    }
+    Ok(data(201, Value::Array(out)))
+}
+
+async fn crm_value_update(
+    State(s): S,
+    Path((id, attribute)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let attribute = st.attribute_id(&attribute)?;
+    let value = attribute_value(&body)?;
+    set_value(&mut st, &id, attribute, value)?;
+    Ok(data(200, value_view(&mut st, &id, attribute)?))
+}
+
+async fn crm_value_delete(
+    State(s): S,
+    Path((id, attribute)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let attribute = st.attribute_id(&attribute)?;
+    let c = st.contact_mut(&id)?;
+    let list = c.get_mut("attributes").and_then(Value::as_array_mut);
+    let Some(list) = list.filter(|l| l.iter().any(|v| v["id"] == attribute)) else {
+        return Err(not_found());
+    };
+    list.retain(|v| v["id"] != attribute);
     c.insert("updatedAt".into(), json!(now()));
     Ok(no_content())
 }
@@ -1896,6 +2473,7 @@ async fn crm_task_create(State(s): S, req: Req) -> Out {
     }
     let now = now();
     set_completion(&mut t, &now);
+    log(&mut t, "histories", "created");
     let id = t["id"].as_i64().unwrap_or_default();
     let t = Value::Object(t);
     st.tasks.insert(id, t.clone());
@@ -1915,6 +2493,7 @@ async fn crm_task_update(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     let now = now();
     t.insert("updatedAt".into(), json!(now));
     set_completion(&mut t, &now);
+    log(&mut t, "histories", "updated");
     let stored = st.task_mut(&id)?;
     *stored = t.clone();
     Ok(data(200, Value::Object(t)))
@@ -1946,8 +2525,46 @@ async fn crm_task_comment(State(s): S, Path(id): Path<String>, req: Req) -> Out 
     if let Some(list) = t.entry("comments").or_insert(json!([])).as_array_mut() {
         list.push(comment.clone());
     }
+    log(t, "histories", "comment_added");
     t.insert("updatedAt".into(), json!(now));
     Ok(data(201, comment))
+}
+
+async fn crm_task_comment_update(
+    State(s): S,
+    Path((id, comment_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.task_mut(&id)?;
+    let text = message(&body)?;
+    let now = now();
+    let t = st.task_mut(&id)?;
+    let comments = t.entry("comments").or_insert(json!([]));
+    let comment = comment_mut(comments, &comment_id).ok_or_else(not_found)?;
+    comment["body"] = json!(text);
+    comment["updatedAt"] = json!(now);
+    let comment = comment.clone();
+    t.insert("updatedAt".into(), json!(now));
+    Ok(data(200, comment))
+}
+
+async fn crm_task_contact_detach(
+    State(s): S,
+    Path((id, contact)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let cid: i64 = contact.parse().map_err(|_| not_found())?;
+    let t = st.task_mut(&id)?;
+    let list = t.get_mut("contacts").and_then(Value::as_array_mut);
+    let Some(list) = list.filter(|l| links(&Value::Array(l.to_vec()), cid)) else {
+        return Err(not_found());
+    };
+    list.retain(|x| x.as_i64() != Some(cid));
+    t.insert("updatedAt".into(), json!(now()));
+    Ok(no_content())
 }
 
 async fn crm_task_attach(State(s): S, Path(id): Path<String>, req: Req) -> Out {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::parse_recipe;
-use super::validate::{validate, ValidRecipe};
+use super::validate::{validate_with, ValidRecipe, ValidateOptions};
 use crate::catalog::Catalog;
 use crate::connections::Connections;
 use crate::diagnostic::{Diagnostic, Severity};
@@ -125,6 +125,16 @@ pub fn load_texts(
     catalog: &Catalog,
     connections: Option<&Connections>,
 ) -> Loaded {
+    load_texts_with(texts, catalog, connections, ValidateOptions::default())
+}
+
+/// [`load_texts`] with validation options.
+pub fn load_texts_with(
+    texts: &[(String, String)],
+    catalog: &Catalog,
+    connections: Option<&Connections>,
+    options: ValidateOptions,
+) -> Loaded {
     let mut loaded = Loaded::default();
     let mut names: Vec<(String, String, crate::yaml::Pos)> = Vec::new();
     for (file, text) in texts {
@@ -142,7 +152,13 @@ pub fn load_texts(
                 names.push((name.value.clone(), file.clone(), name.pos));
             }
         }
-        if let Some(v) = validate(&parsed, catalog, connections, &mut loaded.diagnostics) {
+        if let Some(v) = validate_with(
+            &parsed,
+            catalog,
+            connections,
+            options,
+            &mut loaded.diagnostics,
+        ) {
             loaded.recipes.push(v);
         }
         // Report a file's problems in source order.
@@ -165,6 +181,16 @@ pub fn load_paths(
     catalog: &Catalog,
     connections: Option<&Connections>,
 ) -> std::io::Result<Loaded> {
+    load_paths_with(paths, catalog, connections, ValidateOptions::default())
+}
+
+/// [`load_paths`] with validation options.
+pub fn load_paths_with(
+    paths: &[PathBuf],
+    catalog: &Catalog,
+    connections: Option<&Connections>,
+    options: ValidateOptions,
+) -> std::io::Result<Loaded> {
     let files = collect_files(paths)?;
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
@@ -172,7 +198,7 @@ pub fn load_paths(
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
         texts.push((f.display().to_string(), text));
     }
-    Ok(load_texts(&texts, catalog, connections))
+    Ok(load_texts_with(&texts, catalog, connections, options))
 }
 
 #[cfg(test)]

@@ -189,12 +189,37 @@ pub const CODES: &[&str] = &[
 const MAX_ATTEMPTS: u32 = 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// How strict validation is about things a command does not use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidateOptions {
+    /// The trigger's connection is not used (`fire` is handed the event),
+    /// so a missing or unknown one is a warning instead of an error.
+    pub trigger_connection_unused: bool,
+}
+
 /// Validates one parsed file. Diagnostics go to `diags`; a recipe is
 /// returned only when this file produced no errors.
 pub fn validate(
     parsed: &ParsedFile,
     catalog: &Catalog,
     connections: Option<&Connections>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ValidRecipe> {
+    validate_with(
+        parsed,
+        catalog,
+        connections,
+        ValidateOptions::default(),
+        diags,
+    )
+}
+
+/// [`validate`] with options.
+pub fn validate_with(
+    parsed: &ParsedFile,
+    catalog: &Catalog,
+    connections: Option<&Connections>,
+    options: ValidateOptions,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ValidRecipe> {
     let recipe = parsed.recipe.as_ref()?;
@@ -217,6 +242,7 @@ pub fn validate(
         all_steps: parsed.broken_step_ids.clone(),
         fallback_of: Vec::new(),
         had_syntax_error: false,
+        options,
     };
     let out = v.recipe();
     let errors = v
@@ -259,6 +285,7 @@ struct Validator<'a> {
     fallback_of: Vec<(String, String)>,
     /// A template failed to parse, so var usage is not fully known.
     had_syntax_error: bool,
+    options: ValidateOptions,
 }
 
 impl Validator<'_> {
@@ -432,7 +459,14 @@ impl Validator<'_> {
                     self.error(c.pos, "invalid-trigger", msg);
                     ok = false;
                 }
+                let first = self.diags.len();
                 connection = self.connection(&op, t.connection.as_ref(), t.pos);
+                if self.options.trigger_connection_unused {
+                    for d in &mut self.diags[first..] {
+                        d.severity = crate::diagnostic::Severity::Warning;
+                        d.message.push_str(" (not needed here: the event is given)");
+                    }
+                }
                 match op.def().kind {
                     OpKind::Webhook => {
                         if let Some(e) = &t.every {

@@ -147,6 +147,9 @@ pub struct ReloadReport {
     pub warnings: Vec<Diagnostic>,
     /// Connections added, changed or removed.
     pub connections: Vec<String>,
+    /// Changed connector files (`--catalog`) were applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub catalog: bool,
     /// Why nothing could be applied, for `error`.
     pub error: Option<String>,
     /// How long it took.
@@ -225,7 +228,6 @@ pub struct Reloader {
     svc: Arc<Service>,
     sources: Sources,
     fixed: Fixed,
-    catalog: Catalog,
     applied: tokio::sync::Mutex<Applied>,
     status: RwLock<Status>,
     /// Poll and schedule loops by recipe, with the version they run.
@@ -250,7 +252,6 @@ impl Reloader {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|t| version_of(&t));
         Reloader {
-            catalog: svc.catalog.clone(),
             svc,
             sources,
             fixed,
@@ -327,6 +328,7 @@ impl Reloader {
             rejected: Vec::new(),
             warnings: Vec::new(),
             connections: Vec::new(),
+            catalog: false,
             error: None,
             duration_ms: 0.0,
         };
@@ -396,23 +398,51 @@ impl Reloader {
             return Ok(None);
         }
 
-        // 2. The catalog is fixed for the life of the process: a changed
-        // one is reported, not applied (docs/decisions.md).
+        // 2. Connector files (`--catalog`): a changed folder is loaded and,
+        // before anything uses it, checked against what serves now: the
+        // recipes of unchanged files and the connections file must still
+        // validate, or the whole catalog change is rejected and the old
+        // catalog keeps serving (docs/decisions.md).
         let mut persistent: BTreeMap<String, Rejected> = BTreeMap::new();
+        let serving = self.svc.catalog();
+        let mut catalog = serving.clone();
+        let mut catalog_changed = false;
         if let (Some(dir), Some(now)) = (&self.sources.catalog, &catalog_hash) {
             if applied.catalog_hash.as_ref() != Some(now) {
                 let file = dir.display().to_string();
-                let r = match Catalog::with_dir(dir) {
+                match Catalog::with_dir(dir) {
                     Ok((_, d)) if d.iter().any(|d| d.severity == Severity::Error) => {
-                        Rejected::new(&file, d)
+                        persistent.insert(file.clone(), Rejected::new(&file, d));
                     }
-                    _ => Rejected::message(
-                        &file,
-                        "restart-needed",
-                        "connector files changed: restart patchbay to apply catalog changes (recipes keep using the catalog the engine started with)".into(),
-                    ),
-                };
-                persistent.insert(file, r);
+                    Ok((candidate, _)) => {
+                        let candidate = Arc::new(candidate);
+                        let breaks = self
+                            .catalog_breaks(
+                                &candidate,
+                                &texts,
+                                &hashes,
+                                applied,
+                                conn_text.as_ref(),
+                            )
+                            .await?;
+                        if breaks.is_empty() {
+                            catalog = candidate;
+                            catalog_changed = true;
+                        } else {
+                            persistent.insert(file.clone(), Rejected::new(&file, breaks));
+                        }
+                    }
+                    Err(e) => {
+                        persistent.insert(
+                            file.clone(),
+                            Rejected::message(
+                                &file,
+                                "unreadable",
+                                format!("cannot read {file}: {e}"),
+                            ),
+                        );
+                    }
+                }
             }
         }
 
@@ -424,8 +454,8 @@ impl Reloader {
         if let Some(path) = &self.sources.connections {
             let file = path.display().to_string();
             match &conn_text {
-                Some(Ok(text)) => match Connections::parse(&file, text, &self.catalog) {
-                    Ok(d) => match resolve_all(&file, &d, &self.catalog) {
+                Some(Ok(text)) => match Connections::parse(&file, text, &catalog) {
+                    Ok(d) => match resolve_all(&file, &d, &catalog) {
                         Ok(r) => {
                             decls = Some(d);
                             resolved = Some(r);
@@ -465,7 +495,7 @@ impl Reloader {
         // Validation is CPU work (tens of ms for a large folder): off the
         // threads that answer webhooks.
         let loaded = {
-            let (texts, catalog, decls) = (ordered.clone(), self.catalog.clone(), decls.clone());
+            let (texts, catalog, decls) = (ordered.clone(), catalog.clone(), decls.clone());
             tokio::task::spawn_blocking(move || load_texts(&texts, &catalog, decls.as_ref()))
                 .await
                 .map_err(|e| format!("validation failed: {e}"))?
@@ -509,8 +539,12 @@ impl Reloader {
                             loaded_at: now,
                         });
                     }
-                    // Unchanged: the same `Arc`, so nothing about it restarts.
-                    next.push(same.unwrap_or_else(|| Arc::new((*valid).clone())));
+                    // Unchanged: the same `Arc`, so nothing about it restarts;
+                    // after a catalog change, the one compiled against it.
+                    match same.filter(|_| !catalog_changed) {
+                        Some(same) => next.push(same),
+                        None => next.push(Arc::new((*valid).clone())),
+                    }
                 }
                 None => {
                     let diags = errors.remove(file.as_str()).unwrap_or_default();
@@ -561,12 +595,21 @@ impl Reloader {
             .save_versions(&new_versions)
             .await
             .map_err(|e| format!("cannot record the new recipe versions: {e}"))?;
-        if let Some(resolved) = resolved {
+        if catalog_changed {
+            report.catalog = true;
+            report.connections = self.svc.runtime.set_catalog((*catalog).clone(), resolved);
+        } else if let Some(resolved) = resolved {
             report.connections = self.svc.runtime.set_connections(resolved);
         }
         let set = current.succeed(next.clone());
         *self.svc.recipes.write().expect("recipes lock") = Arc::new(set);
         self.svc.dispatch.work.notify_one();
+        if catalog_changed {
+            // Poll loops hold their trigger's declaration: start them anew.
+            for (_, (_, task)) in self.schedules.lock().expect("schedules lock").drain() {
+                task.abort();
+            }
+        }
         self.reconcile_schedules(&next);
 
         // 8. Remember what was applied.
@@ -585,12 +628,115 @@ impl Reloader {
             .recipe_errors
             .retain(|k, _| next_names.contains_key(k.as_str()));
         applied.files = hashes;
+        if catalog_changed {
+            applied.catalog_hash = catalog_hash.clone();
+        }
         applied.catalog_seen = catalog_hash;
         applied.connections_hash = conn_hash;
         applied.decls = decls;
         applied.rejected = persistent;
         report.rejected = applied.rejected.values().cloned().collect();
         Ok(Some(committed))
+    }
+
+    /// What a candidate catalog breaks among what serves now: recipes of
+    /// files unchanged since the last reload that no longer validate, and
+    /// a connections file that no longer parses or resolves. Each problem
+    /// keeps its own file:line:col; a first line says what was rejected.
+    async fn catalog_breaks(
+        &self,
+        candidate: &Arc<Catalog>,
+        texts: &[(String, String)],
+        hashes: &BTreeMap<String, String>,
+        applied: &Applied,
+        conn_text: Option<&Result<String, String>>,
+    ) -> Result<Vec<Diagnostic>, String> {
+        let mut problems = Vec::new();
+        let mut decls = applied.decls.clone();
+        if let (Some(path), Some(Ok(text))) = (&self.sources.connections, conn_text) {
+            let file = path.display().to_string();
+            match Connections::parse(&file, text, candidate) {
+                Ok(d) => {
+                    if let Err(diag) = resolve_all(&file, &d, candidate) {
+                        problems.push(diag);
+                    }
+                    decls = Some(d);
+                }
+                // Only if the serving catalog takes the file is it the
+                // catalog's fault; otherwise step 3 reports the file.
+                Err(diags) if Connections::parse(&file, text, &self.svc.catalog()).is_ok() => {
+                    problems.extend(diags.into_iter().filter(|d| d.severity == Severity::Error));
+                }
+                Err(_) => {}
+            }
+        }
+        // The source of every running version: its file when unchanged,
+        // else the copy the store keeps (the file may hold a newer edit).
+        let current = self.svc.recipes();
+        let mut serving: Vec<(String, String)> = Vec::new();
+        for r in current.all() {
+            let unchanged = applied.files.get(&r.file) == hashes.get(&r.file);
+            match texts
+                .iter()
+                .find(|(f, _)| *f == r.file)
+                .filter(|_| unchanged)
+            {
+                Some(t) => serving.push(t.clone()),
+                None => {
+                    if let Ok(Some(v)) = self.svc.store.version(&r.name, &r.version).await {
+                        serving.push((r.file.clone(), v.source));
+                    }
+                }
+            }
+        }
+        let loaded = {
+            let (catalog, decls) = (candidate.clone(), decls);
+            tokio::task::spawn_blocking(move || load_texts(&serving, &catalog, decls.as_ref()))
+                .await
+                .map_err(|e| format!("validation failed: {e}"))?
+        };
+        let mut broken: Vec<String> = Vec::new();
+        for d in loaded
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+        {
+            if let Some(r) = current.all().find(|r| r.file == d.file) {
+                if !broken.contains(&r.name) {
+                    broken.push(r.name.clone());
+                }
+            }
+            problems.push(d);
+        }
+        if problems.is_empty() {
+            return Ok(problems);
+        }
+        let dir = self
+            .sources
+            .catalog
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let what = if broken.is_empty() {
+            "the connections file".to_string()
+        } else {
+            let names: Vec<String> = broken.iter().map(|n| format!("`{n}`")).collect();
+            format!(
+                "running recipe{} {}",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            )
+        };
+        problems.insert(
+            0,
+            Diagnostic::error(
+                &dir,
+                crate::yaml::Pos { line: 1, col: 1 },
+                "catalog-breaks-recipes",
+                format!("connector change rejected: it breaks {what}; the previous catalog and recipes keep serving"),
+            ),
+        );
+        Ok(problems)
     }
 
     /// Restarts the poll and schedule loops whose recipe changed, starts
@@ -651,6 +797,7 @@ impl Reloader {
                 changed = ?report.changed,
                 removed = ?report.removed,
                 connections = ?report.connections,
+                catalog = report.catalog,
                 ms = report.duration_ms,
                 "recipes reloaded"
             ),

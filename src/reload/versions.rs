@@ -22,7 +22,7 @@ impl Service {
             return Some(r);
         }
         match self.store.version(&run.recipe, &run.recipe_version).await {
-            Ok(Some(stored)) => match compile(&stored, &self.catalog) {
+            Ok(Some(stored)) => match compile(&stored, &self.catalog()) {
                 Ok(r) => {
                     let r = Arc::new(r);
                     set.remember(r.clone());

@@ -313,6 +313,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
         }
     };
     let svc = r.service();
+    let catalog = svc.catalog();
     let recipe: Arc<ValidRecipe> = match (&asked.recipe, &asked.recipe_text) {
         (Some(name), None) => match svc.recipes().get(name) {
             Some(r) => r,
@@ -326,7 +327,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
         (None, Some(text)) => {
             let loaded = crate::recipe::load::load_texts(
                 &[("preview.yaml".to_string(), text.clone())],
-                &svc.catalog,
+                &catalog,
                 None,
             );
             if loaded.errors() > 0 || loaded.recipes.len() != 1 {
@@ -349,7 +350,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
     };
     let events = match &recipe.trigger.kind {
         TriggerKind::Webhook(op) if asked.event.is_array() => {
-            match engine::event::for_trigger(&svc.catalog, op, asked.event) {
+            match engine::event::for_trigger(&catalog, op, asked.event) {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => {
                     return error(
@@ -371,7 +372,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
     let mut previews = Vec::new();
     for ev in events {
         let runtime = Runtime::new(
-            svc.catalog.clone(),
+            (*catalog).clone(),
             svc.runtime.resolved_connections(),
             store.clone(),
             store.clone(),
@@ -395,8 +396,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
             .iter()
             .map(|s| {
                 let sends = s.status != engine::StepStatus::Skipped
-                    && svc
-                        .catalog
+                    && catalog
                         .op(&s.action)
                         .is_some_and(|op| op.def().native.is_none());
                 let request = sends

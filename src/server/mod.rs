@@ -98,7 +98,8 @@ async fn hook(
         )
         .await;
     };
-    let Some(def) = svc.catalog.connector(&conn.connector) else {
+    let catalog = svc.catalog();
+    let Some(def) = catalog.connector(&conn.connector) else {
         return reject(
             &svc,
             &connection,
@@ -140,7 +141,7 @@ async fn hook(
             return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
         }
     };
-    let items = match crate::engine::event::delivery(&svc.catalog, def, parsed) {
+    let items = match crate::engine::event::delivery(&catalog, def, parsed) {
         Ok(items) => items,
         Err(e) => return reject(&svc, &connection, StatusCode::BAD_REQUEST, e.to_string()).await,
     };

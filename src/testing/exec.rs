@@ -131,7 +131,7 @@ impl FileRunner {
             &overridden
         };
         let mut mismatches = Vec::new();
-        let events = match events_of(self.runtime.catalog(), recipe, c) {
+        let events = match events_of(&self.runtime.catalog(), recipe, c) {
             Ok(e) => e,
             Err(msg) => {
                 mismatches.push(Mismatch::new("event", msg));
