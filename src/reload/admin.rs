@@ -104,6 +104,21 @@ async fn reload(State(r): State<Arc<Reloader>>, body: Bytes) -> Response {
 async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
     let m = &r.metrics;
     let mut out = String::new();
+    let (rejected, unrecorded) = crate::server::rejects::snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_webhook_rejected_total Webhook deliveries refused, by reason.\n# TYPE patchbay_webhook_rejected_total counter"
+    );
+    for (reason, n) in rejected {
+        let _ = writeln!(
+            out,
+            "patchbay_webhook_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_webhook_rejected_unrecorded_total Refused deliveries counted but not recorded in the store (over the sample rate).\n# TYPE patchbay_webhook_rejected_unrecorded_total counter\npatchbay_webhook_rejected_unrecorded_total {unrecorded}"
+    );
     let _ = writeln!(
         out,
         "# HELP patchbay_reloads_total Reloads of recipes and connections by result.\n# TYPE patchbay_reloads_total counter"
