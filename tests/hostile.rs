@@ -591,3 +591,53 @@ fn a_fifo_in_the_recipe_folder_is_refused_not_waited_on() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("a FIFO, not a regular file"), "{err}");
 }
+
+/// Sends a request's headers only (the body never comes) and reads the
+/// answer's status line, or `None` after 3 s.
+async fn headers_only(port: u16, path: &str, content_length: usize) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_or_an_oversized_length_is_refused_before_the_body_is_read() {
+    let conns = "sendpulse-main:\n  connector: sendpulse\n  client_id: id\n  client_secret: { env: SP_SECRET }\n  webhook_token: { env: HOOK_TOKEN }\n";
+    let e = Engine::start(
+        "early",
+        conns,
+        &[],
+        &[("SP_SECRET", "x"), ("HOOK_TOKEN", TOKEN)],
+    )
+    .await;
+    let line = headers_only(e.port, "/hooks/sendpulse-main?token=wrong", 1000).await;
+    assert_eq!(line.as_deref(), Some("HTTP/1.1 401 Unauthorized"));
+    let line = headers_only(
+        e.port,
+        &format!("/hooks/sendpulse-main?token={TOKEN}"),
+        10 << 20,
+    )
+    .await;
+    assert_eq!(line.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+    // With the right token and a sane length, the engine waits for the body.
+    assert_eq!(
+        headers_only(e.port, &format!("/hooks/sendpulse-main?token={TOKEN}"), 10).await,
+        None
+    );
+}
