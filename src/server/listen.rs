@@ -196,7 +196,9 @@ impl AsyncWrite for Guarded {
         let this = &mut *self;
         let r = Pin::new(&mut this.stream).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &r {
-            if *n > 0 {
+            // `100 Continue` is written before the body is read: it ends
+            // no request.
+            if *n > 0 && !data.starts_with(b"HTTP/1.1 100") {
                 // A response is going out: what is read next is a new
                 // request's headers.
                 this.last_activity = Instant::now();
@@ -228,8 +230,9 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let interim = bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 100"));
         if let Poll::Ready(Ok(n)) = &r {
-            if *n > 0 {
+            if *n > 0 && !interim {
                 this.last_activity = Instant::now();
                 this.in_headers = true;
                 this.headers_by = None;
