@@ -205,7 +205,7 @@ fn main() {
         std::fs::write(
             dir.join("connections.yaml"),
             format!(
-                "inbound:\n  connector: http\nghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: GHL_TOKEN }}\n  location_id: {}\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n",
+                "inbound:\n  connector: http\n  webhook_auth: none\nghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: GHL_TOKEN }}\n  location_id: {}\n  rate_limits: [{{ requests: 10000000, per: 1s }}]\n  concurrency: 64\n",
                 g.base_url(),
                 g.config().location_id
             ),

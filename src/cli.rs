@@ -320,7 +320,7 @@ pub fn catalog_or_exit(dir: Option<&PathBuf>) -> Result<Catalog, i32> {
 /// A checked connections file for `fire` and `run`, or the exit code after
 /// printing why not.
 pub fn connections_or_exit(path: &std::path::Path, catalog: &Catalog) -> Result<Connections, i32> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::safefile::read_text(path).map_err(|e| {
         eprintln!(
             "error: cannot read connections file {}: {e}",
             path.display()
@@ -365,7 +365,7 @@ fn validate(
     let conns = match &connections {
         None => None,
         Some(path) => {
-            let text = match std::fs::read_to_string(path) {
+            let text = match crate::safefile::read_text(path) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!(
@@ -376,7 +376,10 @@ fn validate(
                 }
             };
             match Connections::parse(&path.display().to_string(), &text, &catalog) {
-                Ok(c) => Some(c),
+                Ok(c) => {
+                    diags.extend(c.warnings.iter().cloned());
+                    Some(c)
+                }
                 Err(mut d) => {
                     diags.append(&mut d);
                     None

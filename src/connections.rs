@@ -11,6 +11,16 @@ use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::secret::Secret;
 use crate::yaml::{self, Node, NodeKind, Pos};
 
+/// The connection setting that lets a webhook-capable connection take
+/// deliveries without a secret (`webhook_auth: none`); without it, a
+/// connection lacking its connector's webhook secret refuses deliveries.
+pub const WEBHOOK_AUTH: &str = "webhook_auth";
+
+/// Settings every connection may have that are whole numbers: the most
+/// events one webhook delivery may hold, and the largest response body read
+/// from the API.
+pub const NUMERIC_SETTINGS: [&str; 2] = ["max_events", "max_response_bytes"];
+
 /// Where a connection field's value comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ValueSource {
@@ -131,6 +141,18 @@ pub enum ConnectionError {
         /// Variable.
         var: String,
     },
+    /// A secret field read as empty (an env var set to "", an empty file):
+    /// a webhook would otherwise accept any delivery, a request send no
+    /// credential.
+    #[error("connection `{connection}`: `{field}` is a secret and {source_desc} is empty; set a value (or leave the field out)")]
+    Empty {
+        /// Connection.
+        connection: String,
+        /// Field.
+        field: String,
+        /// Where the value came from, e.g. "environment variable `X`".
+        source_desc: String,
+    },
     /// `{ file: PATH }` and the file cannot be read.
     #[error("connection `{connection}`: cannot read `{path}` (for `{field}`): {source}")]
     File {
@@ -185,7 +207,7 @@ impl ConnectionDecl {
                         var: var.clone(),
                     })?
                 }
-                ValueSource::File(path) => std::fs::read_to_string(path)
+                ValueSource::File(path) => crate::safefile::read_text(std::path::Path::new(path))
                     .map_err(|source| ConnectionError::File {
                         connection: self.name.clone(),
                         field: field.clone(),
@@ -198,6 +220,17 @@ impl ConnectionDecl {
             let secret = connector
                 .and_then(|c| c.connection.get(field))
                 .is_some_and(|f| f.secret);
+            if secret && raw.trim().is_empty() {
+                return Err(ConnectionError::Empty {
+                    connection: self.name.clone(),
+                    field: field.clone(),
+                    source_desc: match source {
+                        ValueSource::Env(var) => format!("environment variable `{var}`"),
+                        ValueSource::File(path) => format!("file `{path}`"),
+                        ValueSource::Literal(_) => "its value".into(),
+                    },
+                });
+            }
             let value = if secret {
                 FieldValue::Secret(Secret::new(raw))
             } else {
@@ -220,6 +253,8 @@ impl ConnectionDecl {
 pub struct Connections {
     /// By name, in file order.
     pub by_name: IndexMap<String, ConnectionDecl>,
+    /// Warnings of a file that loaded (`webhook_auth: none`).
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Connections {
@@ -254,6 +289,11 @@ impl Connections {
                 out.by_name.insert(name, c);
             }
         }
+        let (warnings, errors) = diags
+            .into_iter()
+            .partition(|d| d.severity == crate::diagnostic::Severity::Warning);
+        let diags: Vec<Diagnostic> = errors;
+        out.warnings = warnings;
         if diags.is_empty() {
             Ok(out)
         } else {
@@ -355,14 +395,55 @@ fn connection(
             }
             continue;
         }
-        const SETTINGS: [&str; 3] = ["base_url", "rate_limits", "concurrency"];
+        if NUMERIC_SETTINGS.contains(&key.as_str()) {
+            match v.kind {
+                NodeKind::Int(n) if n > 0 => {
+                    fields.insert(key, ValueSource::Literal(n.to_string()));
+                }
+                _ => diags.push(Diagnostic::error(
+                    file,
+                    v.span.start,
+                    "wrong-type",
+                    format!("`{key}` must be a whole number of at least 1"),
+                )),
+            }
+            continue;
+        }
+        if key == WEBHOOK_AUTH {
+            if connector.webhook.is_none() {
+                diags.push(Diagnostic::error(
+                    file,
+                    k.span.start,
+                    "unknown-key",
+                    format!("connector `{connector_name}` receives no webhooks, so `{WEBHOOK_AUTH}` does not apply"),
+                ));
+            } else if v.as_str() != Some("none") {
+                diags.push(Diagnostic::error(
+                    file,
+                    v.span.start,
+                    "wrong-type",
+                    format!("`{WEBHOOK_AUTH}` takes one value, `none` (deliveries are taken without authentication); leave it out to require the connector's check"),
+                ));
+            } else {
+                diags.push(Diagnostic::warning(
+                    file,
+                    v.span.start,
+                    "unauthenticated-webhook",
+                    format!("connection `{name}` takes webhook deliveries without authentication: anyone who can reach `/hooks/{name}` can start its recipes"),
+                ));
+                fields.insert(key, ValueSource::Literal("none".into()));
+            }
+            continue;
+        }
+        const SETTINGS: [&str; 4] = ["base_url", "rate_limits", "concurrency", WEBHOOK_AUTH];
         let known = key == "base_url" || connector.connection.contains_key(&key);
         if !known {
             let names = connector
                 .connection
                 .keys()
                 .map(String::as_str)
-                .chain(SETTINGS);
+                .chain(SETTINGS)
+                .chain(NUMERIC_SETTINGS);
             diags.push(
                 Diagnostic::error(
                     file,
@@ -412,6 +493,21 @@ fn connection(
             _ => ValueSource::Literal(v.key_string()),
         };
         fields.insert(key, source);
+    }
+    if let (Some(secret), true) = (
+        connector.webhook.as_ref().and_then(|h| h.verify.field()),
+        fields.contains_key(WEBHOOK_AUTH),
+    ) {
+        if fields.contains_key(secret) {
+            diags.push(Diagnostic::error(
+                file,
+                pos,
+                "conflicting-keys",
+                format!(
+                    "connection `{name}` sets both `{secret}` and `{WEBHOOK_AUTH}: none`; keep one"
+                ),
+            ));
+        }
     }
     for (field, def) in &connector.connection {
         if def.required && !fields.contains_key(field) {

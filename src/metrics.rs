@@ -25,6 +25,13 @@ pub struct DeliveryLabels {
     pub outcome: String,
 }
 
+/// `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why a webhook delivery was refused (`bad_token`, `bad_signature`, …).
+    pub reason: String,
+}
+
 /// `recipe`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RecipeLabels {
@@ -132,6 +139,10 @@ pub struct Metrics {
     pub runs_in_flight: Gauge,
     /// Deliveries that waited for the backlog to shrink.
     pub deliveries_delayed: Counter,
+    /// Webhook deliveries refused, by reason (`src/server/rejects.rs`).
+    pub webhook_rejected: Family<ReasonLabels, Counter>,
+    /// Refused deliveries counted but not recorded in the store.
+    pub webhook_rejected_unrecorded: Counter,
     /// Reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// Recipes added, changed, removed and files rejected by reloads.
@@ -164,6 +175,8 @@ impl Metrics {
             leased_waiting: Gauge::default(),
             runs_in_flight: Gauge::default(),
             deliveries_delayed: Counter::default(),
+            webhook_rejected: Family::default(),
+            webhook_rejected_unrecorded: Counter::default(),
             reloads: Family::default(),
             reload_changes: Family::default(),
             reload_last_seconds: Gauge::default(),
@@ -237,6 +250,16 @@ impl Metrics {
             "deliveries_delayed",
             "Deliveries that waited for the backlog to shrink before they were stored",
             m.deliveries_delayed.clone(),
+        );
+        r.register(
+            "webhook_rejected",
+            "Webhook deliveries refused, by reason",
+            m.webhook_rejected.clone(),
+        );
+        r.register(
+            "webhook_rejected_unrecorded",
+            "Refused deliveries counted but not recorded in the store (over the sample rate)",
+            m.webhook_rejected_unrecorded.clone(),
         );
         r.register(
             "reloads",

@@ -388,6 +388,8 @@ async fn run_async(args: RunArgs) -> i32 {
     if args.sandbox {
         print_sandbox_help(args.listen);
     }
+    // Slow clients cannot hold connections open (src/server/listen.rs).
+    let listener = crate::server::listen::GuardedListener::new(listener, Default::default());
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     if let Err(e) = server.await {
         eprintln!("error: server failed: {e}");

@@ -31,7 +31,54 @@ fn build_env() -> Environment<'static> {
     });
     env.add_filter("phone", phone_filter);
     env.add_filter("split", split_filter);
+    env.add_filter("format", format_filter);
     env
+}
+
+/// minijinja's `format`, minus its panic: its key parser (`%(key)s`,
+/// `{key}`) steps through bytes and slices inside a multi-byte character
+/// (found by fuzzing; the format string may come from an event).
+fn format_filter(
+    state: &mut minijinja::State,
+    format: &Value,
+    args: minijinja::value::Rest<minijinja::value::ValueOrKwargs>,
+) -> Result<Value, Error> {
+    if let Some(s) = format.as_str() {
+        if has_non_ascii_key(s) {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "format: a key in `%(...)` or `{...}` must be ASCII",
+            ));
+        }
+    }
+    minijinja::filters::format(state, format, args)
+}
+
+/// Whether a `%(` or `{` is followed by a non-ASCII character before its
+/// closing `)` or `}` (or the end).
+fn has_non_ascii_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let close = match b[i] {
+            b'%' if b.get(i + 1) == Some(&b'(') => b')',
+            b'{' => b'}',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let start = i + 1;
+        let end = b[start..]
+            .iter()
+            .position(|c| *c == close)
+            .map_or(b.len(), |p| start + p);
+        if !b[start..end].is_ascii() {
+            return true;
+        }
+        i = start;
+    }
+    false
 }
 
 /// Filters the recipe docs promise; a test keeps this list and the
@@ -263,7 +310,7 @@ pub fn analyze_template(source: &str) -> Result<Analysis, SyntaxError> {
         parse(source, "<template>", Default::default()).map_err(|e| syntax_error(source, &e))?;
     let mut w = Walker::new(source);
     w.stmt(&stmt);
-    Ok(w.out)
+    w.finish()
 }
 
 /// Parses and analyses an expression (`if`, `when`, `for_each`).
@@ -271,13 +318,51 @@ pub fn analyze_expression(source: &str) -> Result<Analysis, SyntaxError> {
     let expr = parse_expr(source).map_err(|e| syntax_error(source, &e))?;
     let mut w = Walker::new(source);
     w.expr(&expr);
-    Ok(w.out)
+    w.finish()
+}
+
+/// The most a list or string may be repeated with `*`: minijinja's fuel
+/// does not charge for repeating a list (`[0] * 99999999` then costs
+/// seconds to format; found by fuzzing).
+pub const MAX_REPEAT: u64 = 10_000;
+
+/// Whether an expression makes a list or string (literal, or repeated).
+fn is_sequence(e: &ast::Expr<'_>) -> bool {
+    match e {
+        ast::Expr::List(_) => true,
+        ast::Expr::Const(c) => c.value.as_str().is_some() || c.value.len().is_some(),
+        ast::Expr::BinOp(b) if matches!(b.op, ast::BinOpKind::Mul) => {
+            is_sequence(&b.left) || is_sequence(&b.right)
+        }
+        _ => false,
+    }
+}
+
+/// How many times a repetition repeats its list or string, when every
+/// count is a constant; `None` otherwise.
+fn repetitions(e: &ast::Expr<'_>) -> Option<u64> {
+    match e {
+        ast::Expr::BinOp(b) if matches!(b.op, ast::BinOpKind::Mul) => {
+            let (seq, count) = if is_sequence(&b.left) {
+                (&b.left, &b.right)
+            } else {
+                (&b.right, &b.left)
+            };
+            let n = match count {
+                ast::Expr::Const(c) => i64::try_from(c.value.clone()).ok()?.max(0) as u64,
+                _ => return None,
+            };
+            repetitions(seq)?.checked_mul(n)
+        }
+        _ => Some(1),
+    }
 }
 
 struct Walker<'s> {
     source: &'s str,
     locals: Vec<String>,
     out: Analysis,
+    errors: Vec<SyntaxError>,
 }
 
 impl<'s> Walker<'s> {
@@ -286,6 +371,14 @@ impl<'s> Walker<'s> {
             source,
             locals: Vec::new(),
             out: Analysis::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn finish(mut self) -> Result<Analysis, SyntaxError> {
+        match self.errors.is_empty() {
+            true => Ok(self.out),
+            false => Err(self.errors.swap_remove(0)),
         }
     }
 
@@ -434,6 +527,17 @@ impl<'s> Walker<'s> {
             }
             ast::Expr::UnaryOp(u) => self.expr(&u.expr),
             ast::Expr::BinOp(b) => {
+                if matches!(b.op, ast::BinOpKind::Mul)
+                    && (is_sequence(&b.left) || is_sequence(&b.right))
+                    && repetitions(e).is_none_or(|n| n > MAX_REPEAT)
+                {
+                    self.errors.push(SyntaxError {
+                        offset: self.offset(b.span()),
+                        message: format!(
+                            "a list or string may be repeated with `*` at most {MAX_REPEAT} times, by a constant count"
+                        ),
+                    });
+                }
                 self.expr(&b.left);
                 self.expr(&b.right);
             }
@@ -792,6 +896,35 @@ pub fn to_value(json: &serde_json::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeating_a_list_is_bounded_at_validation() {
+        for bad in [
+            "[0] * 55555511",
+            "[0] * 9999 * 9999",
+            "[1, 2] * event.n",
+            "'ab' * event.n",
+        ] {
+            let e = analyze_expression(bad).unwrap_err();
+            assert!(e.message.contains("at most 10000"), "{bad}: {}", e.message);
+        }
+        for ok in ["[0] * 3", "'-' * 40", "event.price * event.qty", "2 * 3"] {
+            assert!(analyze_expression(ok).is_ok(), "{ok}");
+        }
+        assert!(analyze_template("{{ [0] * 99999999 ~ 1 }}").is_err());
+    }
+
+    #[test]
+    fn format_with_a_non_ascii_key_is_an_error_not_a_panic() {
+        let ctx = to_value(&serde_json::json!({"event": {"f": "%(é)s", "g": "{é"}}));
+        for src in ["{{ event.f | format(1) }}", "{{ event.g | format(1) }}"] {
+            let t = Template::compile(src).unwrap();
+            let e = t.render(&ctx).unwrap_err();
+            assert!(e.0.contains("must be ASCII"), "{}", e.0);
+        }
+        let t = Template::compile("{{ 'Привет %s' | format('мир') }}").unwrap();
+        assert_eq!(t.render(&ctx).unwrap(), "Привет мир");
+    }
     use serde_json::json;
 
     fn render(src: &str, ctx: serde_json::Value) -> Result<serde_json::Value, RenderError> {

@@ -220,15 +220,36 @@ pub struct YamlError {
 /// through aliases ("billion laughs").
 const MAX_NODES: usize = 100_000;
 
+/// Alias expansion cap in bytes: the text of every scalar, each alias
+/// counted again for what it repeats (one long string aliased many times).
+pub const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest document parsed (also the largest configuration file read,
+/// `safefile`). Here too: the build script includes this file.
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Nesting cap: the tree is built (and later walked) recursively, so a
+/// document of ten thousand `[` would otherwise overflow the stack.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses one YAML document into a tree. Duplicate keys are returned as
 /// extra errors; the tree keeps the first occurrence.
 pub fn parse(source: &str) -> Result<(Node, Vec<YamlError>), YamlError> {
+    if source.len() > MAX_DOCUMENT_BYTES {
+        return Err(YamlError {
+            pos: Pos::new(1, 1),
+            code: "yaml-syntax",
+            message: format!("document too large: more than {MAX_DOCUMENT_BYTES} bytes"),
+        });
+    }
     let chars: Vec<char> = source.chars().collect();
     let mut b = Builder {
         parser: Parser::new_from_str(source),
         anchors: Vec::new(),
         dup: Vec::new(),
         count: 0,
+        bytes: 0,
+        depth: 0,
         chars: &chars,
         open_flows: Vec::new(),
     };
@@ -267,6 +288,10 @@ struct Builder<'a> {
     anchors: Vec<(usize, Node)>,
     dup: Vec<YamlError>,
     count: usize,
+    /// Scalar bytes so far, aliases expanded.
+    bytes: usize,
+    /// Collections open around the node being read.
+    depth: usize,
     chars: &'a [char],
     /// Flow collections (`[`, `{`) opened and not yet closed, for errors.
     open_flows: Vec<(char, Pos)>,
@@ -323,7 +348,38 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    fn add_bytes(&mut self, n: usize, span: &YSpan) -> Result<(), YamlError> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > MAX_EXPANDED_BYTES {
+            return Err(YamlError {
+                pos: Span::from_yaml(span).start,
+                code: "yaml-syntax",
+                message: format!(
+                    "document too large: more than {MAX_EXPANDED_BYTES} bytes of values (alias expansion?)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn node(&mut self, ev: Event<'a>, yspan: YSpan) -> Result<Node, YamlError> {
+        if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..)) {
+            if self.depth >= MAX_DEPTH {
+                return Err(YamlError {
+                    pos: Span::from_yaml(&yspan).start,
+                    code: "yaml-syntax",
+                    message: format!("nested more than {MAX_DEPTH} levels deep"),
+                });
+            }
+            self.depth += 1;
+            let node = self.node_at(ev, yspan);
+            self.depth -= 1;
+            return node;
+        }
+        self.node_at(ev, yspan)
+    }
+
+    fn node_at(&mut self, ev: Event<'a>, yspan: YSpan) -> Result<Node, YamlError> {
         let span = Span::from_yaml(&yspan);
         self.bump(1, &yspan)?;
         let (node, anchor) = match ev {
@@ -335,13 +391,16 @@ impl<'a> Builder<'a> {
                         message: "alias refers to an unknown anchor".into(),
                     });
                 };
-                let mut n = n.clone();
-                let size = count_nodes(&n);
+                let (size, bytes) = count_nodes(n);
+                let n = n.clone();
                 self.bump(size, &yspan)?;
+                self.add_bytes(bytes, &yspan)?;
+                let mut n = n;
                 n.span = span;
                 return Ok(n);
             }
             Event::Scalar(value, style, anchor, tag) => {
+                self.add_bytes(value.len(), &yspan)?;
                 let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let (kind, style) = match style {
                     ScalarStyle::Plain if !is_str_tag => (plain_scalar(&value), Style::Plain),
@@ -426,11 +485,17 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn count_nodes(n: &Node) -> usize {
-    1 + match &n.kind {
-        NodeKind::Seq(items) => items.iter().map(count_nodes).sum(),
-        NodeKind::Map(m) => m.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum(),
-        _ => 0,
+/// Nodes and scalar bytes in a tree.
+fn count_nodes(n: &Node) -> (usize, usize) {
+    let add = |(a, b): (usize, usize), (c, d): (usize, usize)| (a + c, b.saturating_add(d));
+    match &n.kind {
+        NodeKind::Seq(items) => items.iter().map(count_nodes).fold((1, 0), add),
+        NodeKind::Map(m) => m
+            .iter()
+            .map(|(k, v)| add(count_nodes(k), count_nodes(v)))
+            .fold((1, 0), add),
+        NodeKind::Str(s) => (1, s.len()),
+        _ => (1, 0),
     }
 }
 
@@ -568,6 +633,37 @@ impl LineIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // Block mappings: the YAML reader itself bounds only flow ones.
+        let block = |levels: usize| {
+            (0..levels)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect::<String>()
+        };
+        let e = parse(&block(1_000)).unwrap_err();
+        assert!(e.message.contains("nested more than"), "{}", e.message);
+        assert!(parse(&block(MAX_DEPTH - 1)).is_ok());
+        let flow = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&flow).is_err());
+    }
+
+    #[test]
+    fn aliases_of_a_long_string_are_capped_in_bytes() {
+        // 1 MiB string, aliased 64 times: few nodes, 64 MiB of values.
+        let long = "x".repeat(1024 * 1024);
+        let doc = format!("a: &s \"{long}\"\nb: [{}]\n", vec!["*s"; 64].join(", "));
+        let e = parse(&doc).unwrap_err();
+        assert!(e.message.contains("bytes of values"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_document_over_the_file_limit_is_refused() {
+        let doc = format!("a: \"{}\"\n", "x".repeat(MAX_DOCUMENT_BYTES));
+        let e = parse(&doc).unwrap_err();
+        assert!(e.message.contains("document too large"), "{}", e.message);
+    }
 
     #[test]
     fn positions_are_one_based_and_point_at_values() {

@@ -46,7 +46,7 @@ fn two_steps(name: &str, marker: &str) -> String {
 
 fn connections(g: &ghl::GhlEmulator, token_env: &str) -> String {
     format!(
-        "inbound:\n  connector: http\nghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: {token_env} }}\n  location_id: {}\n  rate_limits: [{{ requests: 100000, per: 1s }}]\n  concurrency: 64\n",
+        "inbound:\n  connector: http\n  webhook_auth: none\nghl-main:\n  connector: ghl\n  base_url: {}\n  token: {{ env: {token_env} }}\n  location_id: {}\n  rate_limits: [{{ requests: 100000, per: 1s }}]\n  concurrency: 64\n",
         g.base_url(),
         g.config().location_id,
     )

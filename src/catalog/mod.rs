@@ -162,7 +162,8 @@ impl Catalog {
             .collect();
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path)?;
+            let text = crate::safefile::read_text(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             let source = path.display().to_string();
             match parse_connector(&source, &text) {
                 Ok(c) => cat.insert(c),

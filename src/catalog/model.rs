@@ -385,6 +385,19 @@ pub enum Split {
     Single,
 }
 
+impl WebhookVerify {
+    /// The connection field holding the secret or key deliveries are
+    /// checked with; `None` when the connector checks nothing.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            WebhookVerify::None => None,
+            WebhookVerify::Token { token } => Some(token),
+            WebhookVerify::Hmac { secret, .. } => Some(secret),
+            WebhookVerify::Ed25519 { public_key, .. } => Some(public_key),
+        }
+    }
+}
+
 /// Webhook authentication.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -416,6 +429,14 @@ pub enum WebhookVerify {
         header: String,
         /// Connection field with the shared secret.
         secret: String,
+        /// Header with a Unix time (seconds); when a delivery carries it,
+        /// the signature covers `{timestamp}.{body}` and the time must be
+        /// within `max_age` (replay protection).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp_header: Option<String>,
+        /// The replay window for `timestamp_header`, e.g. `5m` (the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_age: Option<String>,
     },
 }
 

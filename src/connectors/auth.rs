@@ -348,7 +348,8 @@ fn tokens_from(body: &Value, previous_refresh: Option<Secret>) -> Result<Cached,
             v.as_u64()
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         })
-        .map(|s| Instant::now() + Duration::from_secs(s));
+        // Clamped: an absurd `expires_in` would overflow the `Instant`.
+        .map(|s| Instant::now() + Duration::from_secs(s.min(MAX_TOKEN_LIFETIME_SECS)));
     let refresh_token = body
         .get("refresh_token")
         .and_then(Value::as_str)
@@ -363,9 +364,12 @@ fn tokens_from(body: &Value, previous_refresh: Option<Secret>) -> Result<Cached,
 
 fn unix_to_instant(unix: i64) -> Instant {
     let now = chrono::Utc::now().timestamp();
-    let left = (unix - now).max(0) as u64;
-    Instant::now() + Duration::from_secs(left)
+    let left = unix.saturating_sub(now).max(0) as u64;
+    Instant::now() + Duration::from_secs(left.min(MAX_TOKEN_LIFETIME_SECS))
 }
+
+/// The longest a token is trusted without a refresh (a year).
+const MAX_TOKEN_LIFETIME_SECS: u64 = 365 * 86_400;
 
 /// A connection field as a secret, or an `unauthorized` error naming it.
 fn field(conn: &ResolvedConnection, name: &str) -> Result<Secret, StepError> {

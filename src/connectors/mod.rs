@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod errors;
 pub mod native;
+pub mod outbound;
 pub mod ratelimit;
 pub mod request;
 pub mod retry;
@@ -177,6 +178,8 @@ impl BaseUrl {
 pub struct Runtime {
     /// Built on first use: canned runs never need it.
     client: OnceLock<reqwest::Client>,
+    /// `http.request`'s client that resolves names to public addresses only.
+    public_client: OnceLock<reqwest::Client>,
     /// When set, requests are answered here instead of sent.
     transport: Option<Arc<dyn Transport>>,
     /// Swapped whole by a catalog reload.
@@ -220,6 +223,7 @@ impl Runtime {
             .collect();
         Runtime {
             client: OnceLock::new(),
+            public_client: OnceLock::new(),
             transport: None,
             catalog: RwLock::new(Arc::new(catalog)),
             conns: RwLock::new(Arc::new(conns)),
@@ -244,8 +248,17 @@ impl Runtime {
             let _ = rustls::crypto::ring::default_provider().install_default();
             reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
+                .redirect(outbound::redirect_policy())
                 .build()
                 .expect("HTTP client builds")
+        })
+    }
+
+    /// The client of `http.request` when private targets are not allowed.
+    fn public_client(&self) -> &reqwest::Client {
+        self.public_client.get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            outbound::public_client()
         })
     }
 
@@ -537,7 +550,7 @@ impl Runtime {
         let prepared = request::prepare(op, &conn.base_url, input)
             .map_err(|error| Failure { error, attempts: 0 })?;
         if let Some(d) = &self.dry_run {
-            d.lock().expect("dry-run lock").push(prepared);
+            d.lock().expect("dry-run lock").push(prepared.redacted());
             return Ok((Value::Null, 0));
         }
         let metrics = crate::metrics::global();
@@ -689,7 +702,8 @@ impl Runtime {
         let status = resp.status().as_u16();
         tracing::debug!(connection = %conn.resolved.name, method = p.method, url = %p.url, status, elapsed_ms = sent.elapsed().as_millis() as u64, "request");
         let headers = resp.headers().clone();
-        let text = resp.text().await.map_err(|e| transport_error(&e))?;
+        let text =
+            outbound::read_capped(resp, outbound::max_response_bytes(Some(&conn.resolved))).await?;
         self.response(conn, status, &headers, text)
     }
 
@@ -742,7 +756,7 @@ impl Runtime {
             if native == "http.request" {
                 d.lock()
                     .expect("dry-run lock")
-                    .push(http_prepared(conn, input));
+                    .push(http_prepared(conn, input).redacted());
                 return Ok(Outcome {
                     output: Value::Null,
                     attempts: 0,
@@ -781,7 +795,7 @@ impl Runtime {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.generic(op, &def, &prepared, timeout).await {
+            match self.generic(op, &def, conn, &prepared, timeout).await {
                 Ok(output) => {
                     return Ok(Outcome {
                         output,
@@ -810,6 +824,7 @@ impl Runtime {
         &self,
         op: &OpRef,
         def: &ConnectorDef,
+        conn: Option<&Conn>,
         p: &Prepared,
         timeout: Duration,
     ) -> Result<Value, AttemptError> {
@@ -825,12 +840,31 @@ impl Runtime {
                 (r.status, header_map(&r.headers), r.body)
             }
             None => {
-                let mut req = self.client().request(method, &p.url).timeout(timeout);
+                let resolved = conn.map(|c| &*c.resolved);
+                let url = reqwest::Url::parse(&p.url).map_err(|e| {
+                    StepError::new(
+                        ErrorKind::InvalidInput,
+                        format!("http.request: `url` is not an absolute URL: {e}"),
+                    )
+                })?;
+                let policy = outbound::Policy::of(resolved);
+                policy.check(&url)?;
+                let client = if policy.allow_private {
+                    self.client()
+                } else {
+                    self.public_client()
+                };
+                let mut req = client.request(method, url.clone()).timeout(timeout);
                 if !p.query.is_empty() {
                     req = req.query(&p.query);
                 }
                 for (k, v) in &p.headers {
                     req = req.header(k, v);
+                }
+                if let Some(c) = conn {
+                    if let Some((k, v)) = http_auth(c, &url)? {
+                        req = req.header(k, v.expose());
+                    }
                 }
                 if let Some(b) = &p.body {
                     req = req.json(b);
@@ -838,7 +872,8 @@ impl Runtime {
                 let resp = req.send().await.map_err(|e| transport_error(&e))?;
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
-                let text = resp.text().await.map_err(|e| transport_error(&e))?;
+                let text =
+                    outbound::read_capped(resp, outbound::max_response_bytes(resolved)).await?;
                 (status, headers, text)
             }
         };
@@ -846,13 +881,17 @@ impl Runtime {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        // The output is recorded with the run: credentials an API sends
+        // back (`set-cookie`) are not.
         let headers: Map<String, Value> = headers
             .iter()
             .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    Value::String(v.to_str().unwrap_or("").to_string()),
-                )
+                let v = if outbound::is_sensitive_header(k.as_str()) {
+                    outbound::REDACTED
+                } else {
+                    v.to_str().unwrap_or("")
+                };
+                (k.to_string(), Value::String(v.to_string()))
             })
             .collect();
         if !(200..300).contains(&status) {
@@ -878,6 +917,48 @@ fn header_map(headers: &[(String, String)]) -> reqwest::header::HeaderMap {
         }
     }
     map
+}
+
+/// The credential `http.request` adds from its connection: `bearer_token`,
+/// `api_key` (in `api_key_header`, `X-API-Key` by default) or `username`
+/// and `password` (basic). Sent only to the connection's `base_url` origin
+/// when it has one, so a recipe cannot carry it to another host.
+fn http_auth(conn: &Conn, url: &reqwest::Url) -> Result<Option<(String, Secret)>, StepError> {
+    let c = &conn.resolved;
+    let secret = |f: &str| c.get(f).map(|v| v.expose().to_string());
+    let header = if let Some(t) = secret("bearer_token") {
+        (
+            "authorization".to_string(),
+            Secret::new(format!("Bearer {t}")),
+        )
+    } else if let Some(k) = secret("api_key") {
+        let name = secret("api_key_header").unwrap_or_else(|| "x-api-key".into());
+        (name, Secret::new(k))
+    } else if let Some(user) = secret("username") {
+        use base64::Engine as _;
+        let pass = secret("password").unwrap_or_default();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        (
+            "authorization".to_string(),
+            Secret::new(format!("Basic {b64}")),
+        )
+    } else {
+        return Ok(None);
+    };
+    if let Some(base) = conn.base.as_ref() {
+        if base.url.origin() != url.origin() {
+            return Err(StepError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "http.request: connection `{}` sends its credentials only to its `base_url` ({}), not to {}",
+                    c.name,
+                    base.url.origin().ascii_serialization(),
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+    }
+    Ok(Some(header))
 }
 
 /// The request `http.request` sends; a relative URL uses the connection's base URL.
@@ -925,7 +1006,11 @@ fn http_prepared(conn: Option<&Conn>, input: &Map<String, Value>) -> Prepared {
         query: pairs(input.get("query")),
         headers: pairs(input.get("headers")),
         body: input.get("body").cloned().filter(|b| !b.is_null()),
-        authenticated: false,
+        authenticated: conn.is_some_and(|c| {
+            ["bearer_token", "api_key", "username"]
+                .iter()
+                .any(|f| c.resolved.get(f).is_some())
+        }),
     }
 }
 

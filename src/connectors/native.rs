@@ -35,6 +35,9 @@ pub trait LinkStore: Send + Sync {
 /// `(namespace, key)`.
 type LinkKey = (String, String);
 
+/// The longest `ttl` a link may have.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// An in-process store: links and tokens for one `patchbay fire` or a test.
 /// The engine uses the durable store instead.
 #[derive(Debug, Default)]
@@ -51,7 +54,7 @@ impl LinkStore for MemoryStore {
         value: Value,
         ttl: Option<Duration>,
     ) -> BoxFut<'a, Result<(), String>> {
-        let expires = ttl.map(|t| Instant::now() + t);
+        let expires = ttl.and_then(|t| Instant::now().checked_add(t));
         self.links
             .lock()
             .expect("store lock")
@@ -142,6 +145,14 @@ pub async fn store_op(
                 })?),
                 None => None,
             };
+            // Expiry times are sums with "now": a ttl near `u64::MAX`
+            // seconds would overflow them.
+            if ttl.is_some_and(|t| t > MAX_TTL) {
+                return Err(StepError::new(
+                    ErrorKind::InvalidInput,
+                    "store.put: `ttl` is longer than 100 years; leave it out to keep the link forever",
+                ));
+            }
             let value = input.get("value").cloned().unwrap_or(Value::Null);
             store
                 .put(ns, key, value.clone(), ttl)
@@ -159,5 +170,27 @@ pub async fn store_op(
             ErrorKind::InvalidInput,
             format!("no built-in operation `{other}`"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_huge_ttl_is_invalid_input_not_a_panic() {
+        let store = MemoryStore::default();
+        let input = |ttl: &str| {
+            serde_json::json!({"namespace": "n", "key": "k", "value": 1, "ttl": ttl})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let e = store_op(&store, "store.put", &input("213503982334601d"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("100 years"), "{}", e.message);
+        assert!(store_op(&store, "store.put", &input("3650d")).await.is_ok());
     }
 }

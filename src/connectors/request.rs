@@ -35,6 +35,19 @@ pub struct Prepared {
     pub authenticated: bool,
 }
 
+impl Prepared {
+    /// The request with the values of credential headers replaced, for
+    /// dry-run output and records.
+    pub fn redacted(mut self) -> Prepared {
+        for (k, v) in &mut self.headers {
+            if super::outbound::is_sensitive_header(k) {
+                *v = super::outbound::REDACTED.to_string();
+            }
+        }
+        self
+    }
+}
+
 fn invalid(op: &OpRef, msg: String) -> StepError {
     StepError::new(ErrorKind::InvalidInput, format!("{}: {msg}", op.id()))
 }
@@ -142,6 +155,14 @@ pub fn prepare(
         if text.is_empty() {
             return Err(invalid(op, format!("path parameter `{name}` is empty")));
         }
+        if is_dot_segment(&text) {
+            // `..` would climb the API's path (`/contacts/../users`); a
+            // server that decodes twice makes `%2e%2e` do the same.
+            return Err(invalid(
+                op,
+                format!("path parameter `{name}` is `.` or `..` (or an encoding of them)"),
+            ));
+        }
         url_path.extend(utf8_percent_encode(&text, SEGMENT));
         rest = &rest[(close + 1).min(rest.len())..];
     }
@@ -199,6 +220,23 @@ pub fn prepare(
     })
 }
 
+/// Whether a path parameter is `.` or `..` once percent-decoded, as many
+/// times as a server might decode it.
+fn is_dot_segment(text: &str) -> bool {
+    let mut t = std::borrow::Cow::Borrowed(text);
+    for _ in 0..4 {
+        if t == "." || t == ".." {
+            return true;
+        }
+        let decoded = percent_encoding::percent_decode_str(&t).decode_utf8_lossy();
+        if decoded == t {
+            return false;
+        }
+        t = std::borrow::Cow::Owned(decoded.into_owned());
+    }
+    t == "." || t == ".."
+}
+
 /// A scalar as text for paths, queries and headers (strings unquoted).
 fn scalar_text(v: &Value) -> String {
     match v {
@@ -228,6 +266,22 @@ mod tests {
         assert_eq!(p.url, "http://h/addressbooks/12/emails/a%2Bb%2Fc%40x.com");
         assert_eq!(p.method, "GET");
         assert!(p.body.is_none());
+    }
+
+    #[test]
+    fn dot_segments_in_path_params_are_invalid_input() {
+        let cat = Catalog::builtin();
+        let op = cat.op("ghl.contacts.get").unwrap();
+        for bad in ["..", ".", "%2e%2e", "%2E.", ".%2e", "%252e%252e", "%2e"] {
+            let input = complete_input(&op, None, &obj(json!({"contactId": bad}))).unwrap();
+            let e = prepare(&op, "http://h", &input).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidInput, "{bad}");
+            assert!(e.message.contains("`.` or `..`"), "{bad}: {}", e.message);
+        }
+        for ok in ["a..b", "...", "c.1", "%2e%2e%2f"] {
+            let input = complete_input(&op, None, &obj(json!({"contactId": ok}))).unwrap();
+            assert!(prepare(&op, "http://h", &input).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -399,7 +399,7 @@ async fn call_step(
 ) -> Result<(), StepError> {
     let Some(each) = &step.for_each else {
         let input = render(&step.with, ctx).map_err(|e| template_error("with", e))?;
-        rec.input = input.clone();
+        rec.input = crate::connectors::outbound::redact_input(&input);
         let map = as_input_map(step, input)?;
         return match runtime
             .call(&step.op, step.connection.as_deref(), &map, step.retry)
@@ -464,7 +464,9 @@ async fn call_step(
             });
         }
         let Some(map) = merged else { continue };
-        inputs.push(Value::Object(map.clone()));
+        inputs.push(crate::connectors::outbound::redact_input(&Value::Object(
+            map.clone(),
+        )));
         match runtime
             .call(&step.op, step.connection.as_deref(), &map, step.retry)
             .await

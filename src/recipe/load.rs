@@ -88,19 +88,28 @@ pub fn is_skipped_entry(name: &str) -> bool {
 /// The files under `dir` (recursively, in name order, symlinks followed)
 /// that `keep` accepts, skipping [`is_skipped_entry`] names.
 pub fn walk(dir: &Path, keep: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    walk_at(dir, keep, 0, out)
+    walk_guarded(dir, keep, 0, &mut Vec::new(), out)
 }
 
-fn walk_at(
+fn walk_guarded(
     dir: &Path,
     keep: fn(&Path) -> bool,
     depth: usize,
+    seen: &mut Vec<PathBuf>,
     out: &mut Vec<PathBuf>,
 ) -> std::io::Result<()> {
-    // Symlinks are followed: a bound on depth ends a loop of them.
+    // Symlinks are followed: a bound on depth ends a loop of them, and a
+    // folder already on the way down is not entered again (a link to a
+    // parent would otherwise be walked once per level, 2^16 times for
+    // two such links).
     if depth > 16 {
         return Ok(());
     }
+    let real = std::fs::canonicalize(dir)?;
+    if seen.contains(&real) {
+        return Ok(());
+    }
+    seen.push(real);
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
@@ -111,11 +120,12 @@ fn walk_at(
             continue;
         }
         if p.is_dir() {
-            walk_at(&p, keep, depth + 1, out)?;
+            walk_guarded(&p, keep, depth + 1, seen, out)?;
         } else if keep(&p) {
             out.push(p);
         }
     }
+    seen.pop();
     Ok(())
 }
 
@@ -194,7 +204,7 @@ pub fn load_paths_with(
     let files = collect_files(paths)?;
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
-        let text = std::fs::read_to_string(&f)
+        let text = crate::safefile::read_text(&f)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
         texts.push((f.display().to_string(), text));
     }
@@ -204,6 +214,23 @@ pub fn load_paths_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinks_to_parent_folders_are_walked_once() {
+        let d = std::env::temp_dir().join(format!("patchbay-walk-loop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/r.yaml"), "recipe: r\n").unwrap();
+        for l in ["up1", "up2", "up3"] {
+            std::os::unix::fs::symlink(&d, d.join("sub").join(l)).unwrap();
+        }
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        walk(&d, is_recipe_file, &mut out).unwrap();
+        // Without the guard: 3^16 folders.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(out, vec![d.join("sub/r.yaml")]);
+    }
 
     #[test]
     fn editor_files_and_hidden_entries_are_skipped() {

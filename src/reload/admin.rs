@@ -106,6 +106,17 @@ async fn reload(State(r): State<Arc<Reloader>>, body: Bytes) -> Response {
 async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
     let m = crate::metrics::global();
     // Gauges of what is, read at the scrape.
+    let (rejected, unrecorded) = crate::server::rejects::snapshot();
+    for (reason, n) in rejected {
+        let c = m
+            .webhook_rejected
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason.to_string(),
+            });
+        c.inc_by(n.saturating_sub(c.get()));
+    }
+    m.webhook_rejected_unrecorded
+        .inc_by(unrecorded.saturating_sub(m.webhook_rejected_unrecorded.get()));
     let status = r.status();
     m.recipes_active.set(status.recipes.len() as i64);
     m.files_rejected.set(status.rejected.len() as i64);

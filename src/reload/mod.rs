@@ -249,7 +249,7 @@ impl Reloader {
         let connections_hash = sources
             .connections
             .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| crate::safefile::read_text(p).ok())
             .map(|t| version_of(&t));
         Reloader {
             svc,
@@ -383,7 +383,7 @@ impl Reloader {
             .map(|(f, t)| (f.clone(), version_of(t)))
             .collect();
         let conn_text = self.sources.connections.as_ref().map(|p| {
-            std::fs::read_to_string(p)
+            crate::safefile::read_text(p)
                 .map_err(|e| format!("cannot read connections file {}: {e}", p.display()))
         });
         let conn_hash = match &conn_text {
@@ -507,6 +507,11 @@ impl Reloader {
             .filter(|d| d.severity != Severity::Error)
             .cloned()
             .collect();
+        // `webhook_auth: none` and the like, printed at start like
+        // `validate` prints them.
+        if let Some(d) = &decls {
+            report.warnings.extend(d.warnings.iter().cloned());
+        }
 
         // 5. Plan the new active set, file by file.
         let mut next: Vec<Arc<ValidRecipe>> = Vec::new();
@@ -891,7 +896,7 @@ pub fn read_recipes(root: &Path) -> Result<Vec<(String, String)>, String> {
     }
     let mut out = Vec::with_capacity(files.len());
     for f in files {
-        match std::fs::read_to_string(&f) {
+        match crate::safefile::read_text(&f) {
             Ok(t) => out.push((f.display().to_string(), t)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
@@ -927,7 +932,7 @@ fn tree_hash(dir: &Path) -> Option<String> {
     for f in files {
         text.push_str(&f.display().to_string());
         text.push('\0');
-        text.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+        text.push_str(&crate::safefile::read_text(&f).unwrap_or_default());
         text.push('\0');
     }
     Some(version_of(&text))

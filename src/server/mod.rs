@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod console;
+pub mod listen;
+pub mod rejects;
 pub mod verify;
 
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::service::Service;
-use crate::store::Delivery;
+use crate::service::{RecipeSet, Service};
+use crate::store::{Delivery, NewEvent};
 
 /// The router of the engine.
 pub fn router(svc: Arc<Service>) -> Router {
@@ -44,27 +46,116 @@ fn answer(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Records a rejected delivery and answers it.
-async fn reject(svc: &Service, connection: &str, status: StatusCode, message: String) -> Response {
-    let d = Delivery {
-        connection: connection.to_string(),
-        status: status.as_u16(),
-        outcome: message.clone(),
-        events: 0,
-        received_at: chrono::Utc::now(),
-    };
-    if let Err(e) = svc.store.reject(d).await {
-        tracing::error!(error = %e, "could not record a rejected delivery");
+/// Answers a rejected delivery: counted by reason for `/metrics`, and
+/// recorded in the store only as a rate-limited sample ([`rejects`]), so a
+/// flood of bad requests costs no store write each. The connection name
+/// in the record and the log is cut to [`rejects::MAX_NAME_CHARS`].
+async fn reject(
+    svc: &Service,
+    connection: &str,
+    reason: rejects::Reason,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    rejects::count(reason);
+    let connection = rejects::truncate(connection, rejects::MAX_NAME_CHARS);
+    if rejects::sample() {
+        let d = Delivery {
+            connection: connection.clone(),
+            status: status.as_u16(),
+            outcome: rejects::truncate(&message, rejects::MAX_MESSAGE_CHARS),
+            events: 0,
+            received_at: chrono::Utc::now(),
+        };
+        if let Err(e) = svc.store.reject(d).await {
+            tracing::error!(error = %e, "could not record a rejected delivery");
+        }
+        tracing::info!(%connection, status = status.as_u16(), reason = reason.as_str(), %message, "delivery rejected");
     }
     // Labels stay bounded: an unknown connection is not the sender's text.
-    let label = if svc.runtime.connection(connection).is_some() {
-        connection
+    let label = if svc.runtime.connection(&connection).is_some() {
+        connection.as_str()
     } else {
         "(unknown)"
     };
     crate::metrics::global().delivery(label, &format!("rejected_{}", status.as_u16()));
-    tracing::info!(connection, status = status.as_u16(), reason = %message, "delivery rejected");
     answer(status, json!({"error": message}))
+}
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    TooLarge,
+    Timeout,
+}
+
+/// The whole body, at most `limit` bytes, within `timeout` (a sender that
+/// dribbles its body holds a connection and a task).
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Timeout),
+    }
+}
+
+/// A delivery's events to store, its unmatched items and its item count;
+/// or why it is refused.
+type Split = Result<(Vec<NewEvent>, u32, u32), (rejects::Reason, StatusCode, String)>;
+
+/// Parses a verified body and splits it into the events of the recipes
+/// it fires (CPU work proportional to the body).
+fn split_delivery(
+    svc: &Service,
+    connection: &str,
+    connector: &str,
+    body: &[u8],
+    max_events: usize,
+    recipes: &RecipeSet,
+) -> Split {
+    use rejects::Reason;
+    let catalog = svc.catalog();
+    let Some(def) = catalog.connector(connector) else {
+        let msg = format!("connection `{connection}` has an unknown connector");
+        return Err((Reason::UnknownConnection, StatusCode::NOT_FOUND, msg));
+    };
+    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            Reason::Malformed,
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    let items = crate::engine::event::delivery(&catalog, def, parsed)
+        .map_err(|e| (Reason::BadDelivery, StatusCode::BAD_REQUEST, e.to_string()))?;
+    if items.len() > max_events {
+        let msg = format!(
+            "the delivery holds {} events; connection `{connection}` takes at most {max_events} per delivery (`max_events`)",
+            items.len()
+        );
+        return Err((Reason::TooManyEvents, StatusCode::PAYLOAD_TOO_LARGE, msg));
+    }
+    let mut events = Vec::new();
+    let mut unmatched = 0u32;
+    let total = items.len() as u32;
+    for item in items {
+        let Ok((op, payload)) = item else {
+            unmatched += 1;
+            continue;
+        };
+        let matching = recipes.for_webhook(op.id(), connection);
+        let ev = svc.event_for(&op, connection, payload, &matching);
+        if ev.runs.is_empty() {
+            unmatched += 1;
+            continue;
+        }
+        events.push(ev);
+    }
+    Ok((events, unmatched, total))
 }
 
 /// What a webhook delivery was answered, once its events are stored.
@@ -78,6 +169,17 @@ struct Accepted {
     unmatched: u32,
 }
 
+/// Events a delivery may hold unless its connection sets `max_events`.
+pub const DEFAULT_MAX_EVENTS: usize = 1000;
+
+/// How long the body of a delivery may take to arrive once its headers did.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Bodies above this size are parsed and split off the async runtime's
+/// threads: that work is proportional to the body and would stall every
+/// other request on the thread.
+const BLOCKING_BODY_BYTES: usize = 64 * 1024;
+
 async fn hook(
     State(svc): State<Arc<Service>>,
     Path(connection): Path<String>,
@@ -86,25 +188,33 @@ async fn hook(
     Query(query): Query<Vec<(String, String)>>,
     request: axum::extract::Request,
 ) -> Response {
+    use rejects::Reason;
     // The parts, not the `HeaderMap` extractor: that one copies every header.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let Some(conn) = svc.runtime.connection(&connection) else {
+        let msg = format!(
+            "no connection `{}`",
+            rejects::truncate(&connection, rejects::MAX_NAME_CHARS)
+        );
         return reject(
             &svc,
             &connection,
+            Reason::UnknownConnection,
             StatusCode::NOT_FOUND,
-            format!("no connection `{connection}`"),
+            msg,
         )
         .await;
     };
     let catalog = svc.catalog();
     let Some(def) = catalog.connector(&conn.connector) else {
+        let msg = format!("connection `{connection}` has an unknown connector");
         return reject(
             &svc,
             &connection,
+            Reason::UnknownConnection,
             StatusCode::NOT_FOUND,
-            format!("connection `{connection}` has an unknown connector"),
+            msg,
         )
         .await;
     };
@@ -113,55 +223,110 @@ async fn hook(
             "connection `{connection}` ({}) receives no webhooks",
             def.connector
         );
-        return reject(&svc, &connection, StatusCode::NOT_FOUND, msg).await;
+        return reject(
+            &svc,
+            &connection,
+            Reason::NoWebhooks,
+            StatusCode::NOT_FOUND,
+            msg,
+        )
+        .await;
     };
-    let body: Bytes = match axum::body::to_bytes(body, svc.body_limit).await {
+    let query_token = query
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
+    // Before the body is read: a wrong token costs no body transfer.
+    if let Err(e) = verify::precheck(&hook.verify, &conn, headers, query_token) {
+        return reject(
+            &svc,
+            &connection,
+            Reason::of(&e),
+            StatusCode::UNAUTHORIZED,
+            e.to_string(),
+        )
+        .await;
+    }
+    let too_large = || format!("body larger than the {} byte limit", svc.body_limit);
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > svc.body_limit as u64) {
+        return reject(
+            &svc,
+            &connection,
+            Reason::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            too_large(),
+        )
+        .await;
+    }
+    let body: Bytes = match read_body(body, svc.body_limit, BODY_READ_TIMEOUT).await {
         Ok(b) => b,
-        Err(_) => {
-            let msg = format!("body larger than the {} byte limit", svc.body_limit);
-            return reject(&svc, &connection, StatusCode::PAYLOAD_TOO_LARGE, msg).await;
+        Err(BodyError::TooLarge) => {
+            return reject(
+                &svc,
+                &connection,
+                Reason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                too_large(),
+            )
+            .await
+        }
+        Err(BodyError::Timeout) => {
+            let msg = format!(
+                "the body did not arrive within {}s",
+                BODY_READ_TIMEOUT.as_secs()
+            );
+            return reject(
+                &svc,
+                &connection,
+                Reason::Timeout,
+                StatusCode::REQUEST_TIMEOUT,
+                msg,
+            )
+            .await;
         }
     };
-    if let Err(e) = verify::verify(
-        &hook.verify,
-        &conn,
-        headers,
-        query
-            .iter()
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.as_str()),
-        &body,
-    ) {
-        return reject(&svc, &connection, StatusCode::UNAUTHORIZED, e.to_string()).await;
+    if let Err(e) = verify::verify(&hook.verify, &conn, headers, query_token, &body) {
+        return reject(
+            &svc,
+            &connection,
+            Reason::of(&e),
+            StatusCode::UNAUTHORIZED,
+            e.to_string(),
+        )
+        .await;
     }
-    let parsed: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = format!("malformed JSON: {e}");
-            return reject(&svc, &connection, StatusCode::BAD_REQUEST, msg).await;
-        }
-    };
-    let items = match crate::engine::event::delivery(&catalog, def, parsed) {
-        Ok(items) => items,
-        Err(e) => return reject(&svc, &connection, StatusCode::BAD_REQUEST, e.to_string()).await,
-    };
+    let max_events = conn
+        .get("max_events")
+        .and_then(|v| v.expose().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_MAX_EVENTS);
     let recipes = svc.recipes();
-    let mut events = Vec::new();
-    let mut unmatched = 0u32;
-    let total = items.len() as u32;
-    for item in items {
-        let Ok((op, payload)) = item else {
-            unmatched += 1;
-            continue;
-        };
-        let matching = recipes.for_webhook(op.id(), &connection);
-        let ev = svc.event_for(&op, &connection, payload, &matching);
-        if ev.runs.is_empty() {
-            unmatched += 1;
-            continue;
+    let big = body.len() > BLOCKING_BODY_BYTES;
+    let split = {
+        let svc = svc.clone();
+        let connection = connection.clone();
+        let connector = conn.connector.clone();
+        move || split_delivery(&svc, &connection, &connector, &body, max_events, &recipes)
+    };
+    let split = if big {
+        match tokio::task::spawn_blocking(split).await {
+            Ok(r) => r,
+            Err(e) => Err((
+                Reason::BadDelivery,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the delivery could not be split: {e}"),
+            )),
         }
-        events.push(ev);
-    }
+    } else {
+        split()
+    };
+    let (events, unmatched, total) = match split {
+        Ok(x) => x,
+        Err((reason, status, msg)) => return reject(&svc, &connection, reason, status, msg).await,
+    };
     let outcome = if events.is_empty() {
         "unmatched"
     } else {
@@ -241,5 +406,32 @@ async fn hook(
                 .insert("retry-after", axum::http::HeaderValue::from_static("30"));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_that_stalls_times_out_and_one_over_the_limit_is_refused() {
+        use futures_util::StreamExt;
+        let first =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"[{"))]);
+        let stalled = axum::body::Body::from_stream(first.chain(futures_util::stream::pending()));
+        let started = std::time::Instant::now();
+        let r = read_body(stalled, 1024, std::time::Duration::from_millis(200)).await;
+        assert_eq!(r, Err(BodyError::Timeout));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let big = axum::body::Body::from(vec![b'x'; 2048]);
+        assert_eq!(
+            read_body(big, 1024, BODY_READ_TIMEOUT).await,
+            Err(BodyError::TooLarge)
+        );
+        let ok = axum::body::Body::from("[]");
+        assert_eq!(
+            read_body(ok, 1024, BODY_READ_TIMEOUT).await.unwrap(),
+            Bytes::from_static(b"[]")
+        );
     }
 }

@@ -137,6 +137,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // Created owner-only: it holds payloads and tokens. SQLite gives
+        // the -wal and -shm files the database file's mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(opts.get_filename());
+        }
         // Reads (operations commands, links, tokens) use a small pool with
         // synchronous=NORMAL; the hot-path writes go through the writer
         // thread's own connection with FULL (store/writer.rs).

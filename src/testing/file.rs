@@ -344,7 +344,7 @@ fn recipe_path(test_file: &Path, named: Option<&str>) -> PathBuf {
 /// them from the recipe itself).
 pub fn load(path: &Path, catalog: &Catalog, with_recipe_diags: bool) -> LoadedTest {
     let file = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::safefile::read_text(path) {
         Ok(t) => t,
         Err(e) => {
             let mut t = empty(file.clone(), String::new());
