@@ -19,6 +19,15 @@ use crate::reload::{Fixed, Reloader, Sources, Trigger};
 use crate::service::{RecipeSet, Service};
 use crate::store::Store;
 
+/// A line to stdout for the operator; a closed stdout (a supervisor that
+/// stopped reading) must not stop the engine, so write errors are ignored.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Arguments of `run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -372,8 +381,8 @@ async fn run_async(args: RunArgs) -> i32 {
             }
         })
     };
-    println!("patchbay listening on http://{}", args.listen);
-    println!(
+    say!("patchbay listening on http://{}", args.listen);
+    say!(
         "recipes: {}",
         if recipe_names.is_empty() {
             "(none)".to_string()
@@ -381,9 +390,9 @@ async fn run_async(args: RunArgs) -> i32 {
             recipe_names.join(", ")
         }
     );
-    println!("store: {}", args.store);
+    say!("store: {}", crate::store::redact_url(&args.store));
     if let Some(a) = args.admin_listen {
-        println!("admin: http://{a}/admin/recipes (bearer token)");
+        say!("admin: http://{a}/admin/recipes (bearer token)");
     }
     if args.sandbox {
         print_sandbox_help(args.listen);
@@ -397,7 +406,7 @@ async fn run_async(args: RunArgs) -> i32 {
     // Stop taking new runs; let in-flight steps finish within the grace
     // period. Whatever is cut off keeps its lease and checkpoints and is
     // resumed by the next start.
-    println!(
+    say!(
         "shutting down: letting in-flight runs finish (up to {}s)",
         args.grace.as_secs()
     );
@@ -413,7 +422,7 @@ async fn run_async(args: RunArgs) -> i32 {
     reloader.stop_schedules();
     let all = futures_util::future::join_all(workers);
     if tokio::time::timeout(args.grace, all).await.is_err() {
-        println!("grace period over: unfinished runs resume at the next start");
+        say!("grace period over: unfinished runs resume at the next start");
     }
     // Runs claimed but not finished go back to the queue, so the next
     // start takes them at once instead of after their lease.
@@ -464,7 +473,7 @@ async fn shutdown_signal() {
 }
 
 fn print_sandbox_help(listen: SocketAddr) {
-    println!(
+    say!(
         "\nsandbox: HighLevel emulator on http://{}, SendPulse emulator on http://{}\n\
          \nPost a SendPulse delivery (a new subscriber):\n\
          \n  curl -s -X POST 'http://{listen}/hooks/sendpulse-main?token={}' -H 'Content-Type: application/json' \\\n    -d '[{{\"event\":\"new_emails\",\"book_id\":\"490686\",\"email\":\"ada@example.com\",\"timestamp\":\"1732700000\",\"variables\":{{\"name\":\"Ada Lovelace\",\"phone\":\"+44 20 7946 0958\"}}}}]'\n\

@@ -280,11 +280,19 @@ async fn at_start_an_invalid_recipe_is_reported_once_and_the_valid_ones_serve() 
             .unwrap(),
     );
     let stdout = child.0.stdout.take().unwrap();
-    // Everything printed up to the list of recipes serving.
+    // Everything printed up to the list of recipes serving. The pipe is
+    // drained to the end: closing it early would make the engine's next
+    // line to stdout fail (a broken pipe) and stop it.
+    let (lines, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            let _ = lines.send(line);
+        }
+    });
     let read = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            let line = line.unwrap();
+        while let Ok(line) = rx.recv() {
             let last = line.starts_with("recipes:");
             out.push(line);
             if last {
