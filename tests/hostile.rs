@@ -641,3 +641,51 @@ async fn a_bad_token_or_an_oversized_length_is_refused_before_the_body_is_read()
         None
     );
 }
+
+/// A token endpoint is external input too: its answer is read as a stream
+/// and refused past the response cap, not read whole into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_endpoint_answer_is_refused_at_the_response_cap() {
+    let app = axum::Router::new().route(
+        "/oauth/access_token",
+        post(|| async { "x".repeat(6 * 1024 * 1024) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = fresh_dir("hostile-token-cap");
+    std::fs::write(
+        dir.join("r.yaml"),
+        "recipe: r\ntrigger: { every: 1h }\nsteps:\n  - id: books\n    action: sendpulse.addressbooks.list\n    with: {}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("event.json"), "{}").unwrap();
+    std::fs::write(
+        dir.join("connections.yaml"),
+        format!("sp:\n  connector: sendpulse\n  base_url: {url}\n  client_id: id\n  client_secret: {{ env: SP_SECRET }}\n"),
+    )
+    .unwrap();
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("fire")
+            .arg(d.join("r.yaml"))
+            .args(["--event", &d.join("event.json").display().to_string()])
+            .args([
+                "--connections",
+                &d.join("connections.yaml").display().to_string(),
+            ])
+            .env("SP_SECRET", "s")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("larger than"), "{text}");
+}

@@ -313,7 +313,9 @@ impl AuthState {
         })?;
         let status = resp.status().as_u16();
         tracing::debug!(connection = %cx.conn.name, url = %url, status, "token request");
-        let text = resp.text().await.unwrap_or_default();
+        // Capped like every API answer: a token endpoint is external input.
+        let max = super::outbound::max_response_bytes(Some(cx.conn));
+        let text = super::outbound::read_capped(resp, max).await?;
         if !(200..300).contains(&status) {
             let mut e = classify(cx.def, status, &text);
             // A failed token request is an auth failure whatever its status.

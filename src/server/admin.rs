@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::connectors::native::MemoryStore;
+use crate::connectors::outbound::REDACTED;
 use crate::connectors::Runtime;
 use crate::engine::{self, NoCheckpoints, RunRequest};
 use crate::id::RunId;
@@ -419,20 +420,10 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
         .into_response()
 }
 
-/// Header and field names whose values are credentials.
+/// Header and field names whose values are credentials (the rule run
+/// records use, with `_` read as `-`: `api_key` is `api-key`).
 fn sensitive(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace(['-', '_'], "");
-    [
-        "authorization",
-        "token",
-        "secret",
-        "password",
-        "apikey",
-        "cookie",
-        "signature",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
+    crate::connectors::outbound::is_sensitive_header(&name.replace('_', "-"))
 }
 
 /// `value` with every credential-like field (and header pair) masked.
@@ -442,7 +433,7 @@ pub fn redact(value: Value) -> Value {
             m.into_iter()
                 .map(|(k, v)| {
                     let v = if sensitive(&k) && !v.is_null() {
-                        Value::String("***".into())
+                        Value::String(REDACTED.into())
                     } else {
                         redact(v)
                     };
@@ -458,7 +449,7 @@ pub fn redact(value: Value) -> Value {
                     Value::Array(pair)
                         if pair.len() == 2 && pair[0].as_str().is_some_and(sensitive) =>
                     {
-                        Value::Array(vec![pair[0].clone(), Value::String("***".into())])
+                        Value::Array(vec![pair[0].clone(), Value::String(REDACTED.into())])
                     }
                     other => redact(other),
                 })
@@ -482,8 +473,8 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "headers": [["Authorization", "***"], ["Version", "2021-07-28"]],
-                "body": {"email": "a@example.com", "api_key": "***", "nested": {"X-Token": "***"}},
+                "headers": [["Authorization", REDACTED], ["Version", "2021-07-28"]],
+                "body": {"email": "a@example.com", "api_key": REDACTED, "nested": {"X-Token": REDACTED}},
                 "refresh_token": null,
             })
         );
