@@ -300,6 +300,37 @@ impl RunFilter {
 /// A run with every step record.
 pub type RunDetail = (RunSummary, Vec<StepRecord>);
 
+/// A run's end as every backend stores it: state, step records and
+/// error as JSON text.
+pub(crate) struct RunEnd {
+    pub status: RunState,
+    pub records: Vec<String>,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+}
+
+impl RunEnd {
+    pub(crate) fn of(report: &RunReport) -> RunEnd {
+        RunEnd {
+            status: match report.status {
+                crate::engine::RunStatus::Completed => RunState::Completed,
+                crate::engine::RunStatus::Failed => RunState::Failed,
+                crate::engine::RunStatus::Filtered => RunState::Filtered,
+            },
+            records: report
+                .steps
+                .iter()
+                .map(|r| serde_json::to_string(r).expect("records serialize"))
+                .collect(),
+            failed_step: report.failed_step.clone(),
+            error: report
+                .error
+                .as_ref()
+                .map(|e| serde_json::to_string(e).expect("errors serialize")),
+        }
+    }
+}
+
 /// What the engine needs from a store.
 pub trait Store: LinkStore + TokenStore + RecipeVersions + Send + Sync {
     /// Stores events and their runs atomically (one transaction per batch

@@ -27,7 +27,7 @@ use super::{
 use crate::connectors::auth::{BoxFut, Refresh, StoredTokens, TokenStore};
 use crate::connectors::errors::StepError;
 use crate::connectors::native::LinkStore;
-use crate::engine::{RunReport, RunStatus, StepRecord};
+use crate::engine::{RunReport, StepRecord};
 use crate::secret::Secret;
 
 /// The channel on which committed runs are announced.
@@ -757,25 +757,14 @@ impl Store for PgStore {
 
     fn finish<'a>(&'a self, report: &'a RunReport) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let status = match report.status {
-                RunStatus::Completed => RunState::Completed,
-                RunStatus::Failed => RunState::Failed,
-                RunStatus::Filtered => RunState::Filtered,
-            };
+            let end = super::RunEnd::of(report);
             let (reply, rx) = oneshot::channel();
             self.send(Job::Finish {
                 run_id: report.run_id.to_string(),
-                records: report
-                    .steps
-                    .iter()
-                    .map(|r| serde_json::to_string(r).expect("records serialize"))
-                    .collect(),
-                status,
-                failed_step: report.failed_step.clone(),
-                error: report
-                    .error
-                    .as_ref()
-                    .map(|e| serde_json::to_string(e).expect("errors serialize")),
+                records: end.records,
+                status: end.status,
+                failed_step: end.failed_step,
+                error: end.error,
                 reply,
             })
             .await?;

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::connectors::auth::{BoxFut, StoredTokens, TokenStore};
 use crate::connectors::native::LinkStore;
-use crate::engine::{RunReport, RunStatus, StepRecord};
+use crate::engine::{RunReport, StepRecord};
 use crate::secret::Secret;
 
 /// How long a dedupe key is remembered.
@@ -372,25 +372,14 @@ impl Store for SqliteStore {
 
     fn finish<'a>(&'a self, report: &'a RunReport) -> BoxFut<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let status = match report.status {
-                RunStatus::Completed => RunState::Completed,
-                RunStatus::Failed => RunState::Failed,
-                RunStatus::Filtered => RunState::Filtered,
-            };
+            let end = super::RunEnd::of(report);
             let (reply, rx) = oneshot::channel();
             let job = Job::Finish {
                 run_id: report.run_id.to_string(),
-                records: report
-                    .steps
-                    .iter()
-                    .map(|r| serde_json::to_string(r).expect("records serialize"))
-                    .collect(),
-                status,
-                failed_step: report.failed_step.clone(),
-                error: report
-                    .error
-                    .as_ref()
-                    .map(|e| serde_json::to_string(e).expect("errors serialize")),
+                records: end.records,
+                status: end.status,
+                failed_step: end.failed_step,
+                error: end.error,
                 reply,
             };
             self.unit(job, rx).await
@@ -706,6 +695,7 @@ impl TokenStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RunStatus;
     use crate::store::{NewRun, RunFilter};
     use serde_json::json;
 
