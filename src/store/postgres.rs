@@ -285,6 +285,7 @@ async fn write_loop(pool: PgPool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>
                 gather(&mut rx, &mut jobs);
             }
             busy = jobs.len() > 1;
+            tracing::trace!(jobs = jobs.len(), "store batch");
             jobs
         };
         match batch(&pool, &jobs).await {
