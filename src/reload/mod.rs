@@ -78,9 +78,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in the order of the metrics' counters.
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Rejected, Outcome::Error];
-
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

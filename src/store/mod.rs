@@ -30,7 +30,7 @@ use versions::RecipeVersions;
 pub const DEFAULT_URL: &str = "sqlite://patchbay.db";
 
 /// A store operation failed. No driver types: the engine acts on the kind.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (down, refused, pool closed).
     #[error("store unavailable: {0}")]

@@ -2,9 +2,9 @@
 //! is run by one engine: claims take queued runs `FOR UPDATE SKIP LOCKED`
 //! under a lease, and an ordering key has one run in flight cluster-wide
 //! (a run is claimable only when no earlier run of its key is open).
-//! Concurrent ingests and run ends of one engine are written by one task
-//! in one transaction (group commit, as the SQLite writer does), with
-//! array parameters, so a batch costs a handful of round trips. Committed
+//! Concurrent ingests and run ends of one engine are written in batches,
+//! each one statement with array parameters (group commit, as the SQLite
+//! writer does), so a batch costs a handful of round trips. Committed
 //! runs are announced with `NOTIFY`, which wakes idle engines. Leases
 //! compare the engines' clocks: keep them in sync (NTP) to well within a
 //! lease.
@@ -300,23 +300,7 @@ async fn write_loop(pool: PgPool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>
                     reply(job, r.map(|mut d| d.pop().unwrap_or_default()));
                 }
             }
-            Err(e) => jobs.into_iter().for_each(|j| reply(j, Err(e.clone_kind()))),
-        }
-    }
-}
-
-impl StoreError {
-    /// The same error, for another waiter.
-    fn clone_kind(&self) -> StoreError {
-        match self {
-            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-            StoreError::Corrupt { what, detail } => StoreError::Corrupt {
-                what,
-                detail: detail.clone(),
-            },
-            StoreError::Backend(m) => StoreError::Backend(m.clone()),
-            StoreError::Url(m) => StoreError::Url(m.clone()),
+            Err(e) => jobs.into_iter().for_each(|j| reply(j, Err(e.clone()))),
         }
     }
 }

@@ -126,38 +126,3 @@ pub(super) fn insert(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn versions_are_kept_once_each() {
-        let path =
-            std::env::temp_dir().join(format!("patchbay-versions-{}.db", crate::id::new_id()));
-        let s = SqliteStore::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let v = StoredVersion {
-            recipe: "r".into(),
-            version: "abc".into(),
-            file: "r.yaml".into(),
-            source: "recipe: r".into(),
-            loaded_at: Utc::now(),
-        };
-        s.save_versions(std::slice::from_ref(&v))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        let again = StoredVersion {
-            file: "moved.yaml".into(),
-            ..v.clone()
-        };
-        s.save_versions(&[again]).await.unwrap().await.unwrap();
-        let got = s.version("r", "abc").await.unwrap().unwrap();
-        assert_eq!(got.file, "r.yaml");
-        assert_eq!(got.source, "recipe: r");
-        assert!(s.version("r", "other").await.unwrap().is_none());
-    }
-}
