@@ -83,7 +83,131 @@ const MIGRATIONS: &[&str] = &[
         file TEXT NOT NULL, source TEXT NOT NULL, loaded_at BIGINT NOT NULL,
         PRIMARY KEY (recipe, version));
      CREATE TABLE engines (owner TEXT PRIMARY KEY, alive_until BIGINT NOT NULL)",
+    // 2: a batch of ingests and run ends in one call (see `batch`).
+    WRITE_FUNCTION,
 ];
+
+/// Writes one batch of ingests and run ends, deciding on the server what
+/// the engine decided between round trips before: which events are new
+/// (dedupe keys; the first of a key in the batch takes it), and which runs
+/// the ingesting engine claims (a run whose ordering key has an open run,
+/// anywhere or earlier in the batch, stays queued; the keys are locked, in
+/// one order, until the commit). One call is one round trip and, outside
+/// a transaction, one commit.
+///
+/// Arrays: events (`e_`, each with its job's 1-based index), runs (`r_`,
+/// each with its event's index), per job the claim asked for (`j_`: owner
+/// or null, most runs, lease end), deliveries (`d_`), checkpointed steps
+/// (`s_`) and run ends (`f_`). Returns which events were stored and which
+/// runs were claimed.
+const WRITE_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION patchbay_write(
+    p_now BIGINT, p_dedupe_until BIGINT, p_channel TEXT,
+    e_job INT[], e_id TEXT[], e_conn TEXT[], e_op TEXT[], e_payload TEXT[], e_key TEXT[],
+    r_ev INT[], r_id TEXT[], r_recipe TEXT[], r_ver TEXT[], r_key TEXT[],
+    j_owner TEXT[], j_max INT[], j_until BIGINT[],
+    d_conn TEXT[], d_status INT[], d_outcome TEXT[], d_events INT[], d_at BIGINT[],
+    s_run TEXT[], s_idx INT[], s_record TEXT[],
+    f_id TEXT[], f_status TEXT[], f_step TEXT[], f_error TEXT[],
+    OUT ev_ok BOOLEAN[], OUT run_owned BOOLEAN[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_fresh TEXT[] := '{}';
+    v_taken TEXT[] := '{}';
+    v_lock TEXT[] := '{}';
+    v_busy TEXT[] := '{}';
+    v_claims INT[] := array_fill(0, ARRAY[cardinality(j_max)]);
+    v_owner TEXT[] := array_fill(NULL::TEXT, ARRAY[cardinality(r_id)]);
+    v_until BIGINT[] := array_fill(NULL::BIGINT, ARRAY[cardinality(r_id)]);
+    v_queued BOOLEAN := false;
+    v_i INT;
+    v_job INT;
+    v_key TEXT;
+BEGIN
+    ev_ok := array_fill(false, ARRAY[cardinality(e_id)]);
+    run_owned := array_fill(false, ARRAY[cardinality(r_id)]);
+    IF EXISTS (SELECT 1 FROM unnest(e_key) AS x WHERE x IS NOT NULL) THEN
+        WITH ins AS (
+            INSERT INTO dedupe (key, expires_at)
+            SELECT DISTINCT x, p_dedupe_until FROM unnest(e_key) AS x WHERE x IS NOT NULL
+            ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
+            WHERE dedupe.expires_at < p_now
+            RETURNING dedupe.key)
+        SELECT COALESCE(array_agg(ins.key), '{}') INTO v_fresh FROM ins;
+    END IF;
+    FOR v_i IN 1..cardinality(e_id) LOOP
+        v_key := e_key[v_i];
+        IF v_key IS NULL THEN
+            ev_ok[v_i] := true;
+        ELSIF v_key = ANY(v_fresh) AND NOT v_key = ANY(v_taken) THEN
+            ev_ok[v_i] := true;
+            v_taken := v_taken || v_key;
+        END IF;
+    END LOOP;
+    SELECT COALESCE(array_agg(DISTINCT r_key[x]), '{}') INTO v_lock
+    FROM generate_series(1, cardinality(r_id)) AS x
+    WHERE r_key[x] IS NOT NULL AND ev_ok[r_ev[x]] AND j_owner[e_job[r_ev[x]]] IS NOT NULL;
+    IF cardinality(v_lock) > 0 THEN
+        PERFORM pg_advisory_xact_lock(h) FROM (
+            SELECT hashtextextended('patchbay.key.' || x, 0) AS h FROM unnest(v_lock) AS x
+            ORDER BY 1) AS keys;
+        -- A new snapshot (this function is volatile): runs committed while
+        -- the locks were awaited are seen.
+        SELECT COALESCE(array_agg(DISTINCT runs.ordering_key), '{}') INTO v_busy FROM runs
+        WHERE runs.ordering_key = ANY(v_lock) AND runs.status IN ('queued', 'running');
+    END IF;
+    FOR v_i IN 1..cardinality(r_id) LOOP
+        CONTINUE WHEN NOT ev_ok[r_ev[v_i]];
+        v_job := e_job[r_ev[v_i]];
+        v_key := r_key[v_i];
+        IF v_key IS NOT NULL AND v_key = ANY(v_busy) THEN
+            v_queued := true;
+            CONTINUE;
+        END IF;
+        IF v_key IS NOT NULL THEN
+            v_busy := v_busy || v_key;
+        END IF;
+        IF j_owner[v_job] IS NOT NULL AND v_claims[v_job] < j_max[v_job] THEN
+            run_owned[v_i] := true;
+            v_claims[v_job] := v_claims[v_job] + 1;
+            v_owner[v_i] := j_owner[v_job];
+            v_until[v_i] := j_until[v_job];
+        ELSE
+            v_queued := true;
+        END IF;
+    END LOOP;
+    WITH ev AS (
+        INSERT INTO events (id, connection, operation, payload, received_at)
+        SELECT u.id, u.c, u.o, u.p, p_now
+        FROM unnest(e_id, e_conn, e_op, e_payload) WITH ORDINALITY AS u(id, c, o, p, n)
+        WHERE ev_ok[u.n]),
+    r AS (
+        INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status,
+            lease_owner, lease_until, started_at, created_at, updated_at)
+        SELECT u.id, e_id[u.ev], u.recipe, u.ver, u.okey,
+            CASE WHEN u.owner IS NULL THEN 'queued' ELSE 'running' END,
+            u.owner, u.until, CASE WHEN u.owner IS NULL THEN NULL ELSE p_now END, p_now, p_now
+        FROM unnest(r_id, r_ev, r_recipe, r_ver, r_key, v_owner, v_until)
+            WITH ORDINALITY AS u(id, ev, recipe, ver, okey, owner, until, n)
+        WHERE ev_ok[u.ev]
+        -- In array order, so `seq` follows arrival.
+        ORDER BY u.n),
+    d AS (
+        INSERT INTO deliveries (connection, status, outcome, events, received_at)
+        SELECT * FROM unnest(d_conn, d_status, d_outcome, d_events, d_at)),
+    s AS (
+        -- Steps checkpointed before stay as they are.
+        INSERT INTO steps (run_id, idx, record)
+        SELECT * FROM unnest(s_run, s_idx, s_record) ON CONFLICT DO NOTHING)
+    UPDATE runs SET status = u.status, failed_step = u.step, error = u.error,
+        lease_owner = NULL, lease_until = NULL, updated_at = p_now
+    FROM unnest(f_id, f_status, f_step, f_error) AS u(id, status, step, error)
+    WHERE runs.id = u.id;
+    IF v_queued THEN
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+END
+$fn$"#;
 
 /// The PostgreSQL store.
 pub struct PgStore {
@@ -202,11 +326,10 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .await?
         .try_get("v")?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(sqlx::AssertSqlSafe(stmt))
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Several statements in one simple query (a function body has `;`).
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
             .bind(i as i32 + 1)
             .execute(&mut *tx)
@@ -312,152 +435,51 @@ fn reply(job: Job, r: Result<Ingested, StoreError>) {
     }
 }
 
-/// The columns of one array insert, filled row by row.
-#[derive(Default)]
-struct RunRows {
-    id: Vec<String>,
-    event: Vec<String>,
-    recipe: Vec<String>,
-    version: Vec<String>,
-    key: Vec<Option<String>>,
-    owner: Vec<Option<String>>,
-    until: Vec<Option<i64>>,
-}
-
-/// Every job in one transaction; per job, what its caller gets (a run end
-/// gets an empty [`Ingested`]).
+/// Every job in one call of `patchbay_write` (one round trip, one commit);
+/// per job, what its caller gets (a run end gets an empty [`Ingested`]).
 async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError> {
     let now = now_ms();
-    // Dedupe keys first: the first event of a key in the batch takes it.
-    let mut keys: Vec<String> = Vec::new();
-    // Runs with an ordering key are claimed at ingest only when no run of
-    // their key is open anywhere: the keys are locked (in one order, so
-    // concurrent batches cannot deadlock) until the commit, then looked up.
-    let mut ordering: Vec<String> = Vec::new();
-    for job in jobs {
-        if let Job::Ingest { events, claim, .. } = job {
-            keys.extend(events.iter().filter_map(|e| e.dedupe_key.clone()));
-            if claim.is_some() {
-                ordering.extend(
-                    events
-                        .iter()
-                        .flat_map(|e| e.runs.iter().filter_map(|r| r.ordering_key.clone())),
-                );
-            }
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    ordering.sort();
-    ordering.dedup();
-    // A batch of run ends is one statement; only decisions that read
-    // first need a transaction around the write.
-    let mut tx = if keys.is_empty() && ordering.is_empty() {
-        None
-    } else {
-        Some(pool.begin().await?)
-    };
-    let fresh: std::collections::HashSet<String> = match tx.as_mut() {
-        Some(tx) if !keys.is_empty() => sqlx::query_scalar(
-            "INSERT INTO dedupe (key, expires_at) SELECT k, $2 FROM UNNEST($1::text[]) AS k
-             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
-             WHERE dedupe.expires_at < $3 RETURNING key",
-        )
-        .bind(&keys)
-        .bind(now + DEDUPE_WINDOW.as_millis() as i64)
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect(),
-        _ => Default::default(),
-    };
-    let mut busy: std::collections::HashSet<String> = match tx.as_mut() {
-        Some(tx) if !ordering.is_empty() => {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('patchbay.key.' || k, 0) AS h
-                 FROM UNNEST($1::text[]) AS k ORDER BY 1) AS keys",
-            )
-            .bind(&ordering)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query_scalar(
-                "SELECT DISTINCT ordering_key FROM runs WHERE ordering_key = ANY($1)
-                 AND status IN ('queued', 'running')",
-            )
-            .bind(&ordering)
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .collect()
-        }
-        _ => Default::default(),
-    };
-    let mut taken = std::collections::HashSet::new();
-    let (mut ev_id, mut ev_conn, mut ev_op, mut ev_payload) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut runs = RunRows::default();
+    let (mut e_job, mut e_id, mut e_conn, mut e_op, mut e_payload, mut e_key) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut r_ev, mut r_id, mut r_recipe, mut r_ver, mut r_key) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut j_owner, mut j_max, mut j_until) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_conn, mut d_status, mut d_outcome, mut d_events, mut d_at) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut s_run, mut s_idx, mut s_record) = (Vec::new(), Vec::new(), Vec::new());
     let (mut f_id, mut f_status, mut f_step, mut f_error) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut s_run, mut s_idx, mut s_record) = (Vec::new(), Vec::new(), Vec::new());
-    let mut done = Vec::with_capacity(jobs.len());
-    let mut queued = 0;
-    for job in jobs {
-        let mut n = Ingested::default();
+    for (job_no, job) in jobs.iter().enumerate() {
+        let claim = match job {
+            Job::Ingest { claim, .. } => claim.as_ref(),
+            Job::Finish { .. } => None,
+        };
+        j_owner.push(claim.map(|c| c.owner.clone()));
+        j_max.push(claim.map_or(0, |c| c.max.min(i32::MAX as usize) as i32));
+        j_until.push(claim.map_or(0, |c| now + c.lease.as_millis() as i64));
         match job {
             Job::Ingest {
-                delivery,
-                events,
-                claim,
-                ..
+                delivery, events, ..
             } => {
                 for ev in events {
-                    if let Some(key) = &ev.dedupe_key {
-                        if !fresh.contains(key) || !taken.insert(key.as_str()) {
-                            n.duplicates += 1;
-                            continue;
-                        }
-                    }
-                    n.events += 1;
-                    ev_id.push(ev.id.clone());
-                    ev_conn.push(ev.connection.clone());
-                    ev_op.push(ev.operation.clone());
-                    ev_payload.push(ev.payload.to_string());
+                    e_job.push(job_no as i32 + 1);
+                    e_id.push(ev.id.to_string());
+                    e_conn.push(ev.connection.clone());
+                    e_op.push(ev.operation.clone());
+                    e_payload.push(ev.payload.to_string());
+                    e_key.push(ev.dedupe_key.clone());
                     for run in &ev.runs {
-                        n.runs += 1;
-                        let free = match &run.ordering_key {
-                            None => true,
-                            // A later run of the key, here or anywhere, waits.
-                            Some(k) => busy.insert(k.clone()),
-                        };
-                        let owner = claim.as_ref().filter(|cl| free && n.claimed.len() < cl.max);
-                        runs.id.push(run.id.to_string());
-                        runs.event.push(ev.id.to_string());
-                        runs.recipe.push(run.recipe.clone());
-                        runs.version.push(run.recipe_version.clone());
-                        runs.key.push(run.ordering_key.clone());
-                        match owner {
-                            Some(cl) => {
-                                runs.owner.push(Some(cl.owner.clone()));
-                                runs.until.push(Some(now + cl.lease.as_millis() as i64));
-                                n.claimed.push(ClaimedRun {
-                                    id: run.id.clone(),
-                                    recipe: run.recipe.clone(),
-                                    recipe_version: run.recipe_version.clone(),
-                                    payload: ev.payload.clone(),
-                                    ordering_key: run.ordering_key.clone(),
-                                    started_at: to_time(now),
-                                    done: Vec::new(),
-                                });
-                            }
-                            None => {
-                                queued += 1;
-                                runs.owner.push(None);
-                                runs.until.push(None);
-                            }
-                        }
+                        r_ev.push(e_id.len() as i32);
+                        r_id.push(run.id.to_string());
+                        r_recipe.push(run.recipe.clone());
+                        r_ver.push(run.recipe_version.clone());
+                        r_key.push(run.ordering_key.clone());
                     }
                 }
                 if let Some(d) = delivery {
@@ -487,55 +509,34 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
                 f_error.push(error.clone());
             }
         }
-        done.push(n);
     }
-    // Every write of the batch in one statement (one round trip): each
-    // part inserts nothing when its arrays are empty.
-    let write = sqlx::query(
-        "WITH ev AS (
-             INSERT INTO events (id, connection, operation, payload, received_at)
-             SELECT u.id, u.c, u.o, u.p, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, c, o, p)),
-         r AS (
-             INSERT INTO runs (id, event_id, recipe, recipe_version, ordering_key, status,
-                 lease_owner, lease_until, started_at, created_at, updated_at)
-             SELECT u.id, u.ev, u.recipe, u.ver, u.okey,
-                 CASE WHEN u.owner IS NULL THEN 'queued' ELSE 'running' END,
-                 u.owner, u.until, CASE WHEN u.owner IS NULL THEN NULL ELSE $5 END, $5, $5
-             FROM UNNEST($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])
-                 WITH ORDINALITY AS u(id, ev, recipe, ver, okey, owner, until, n)
-             ORDER BY u.n),
-         d AS (
-             INSERT INTO deliveries (connection, status, outcome, events, received_at)
-             SELECT * FROM UNNEST($13::text[], $14::int[], $15::text[], $16::int[], $17::bigint[])),
-         s AS (
-             INSERT INTO steps (run_id, idx, record)
-             SELECT * FROM UNNEST($18::text[], $19::int[], $20::text[]) ON CONFLICT DO NOTHING),
-         f AS (
-             UPDATE runs SET status = u.status, failed_step = u.step, error = u.error,
-                 lease_owner = NULL, lease_until = NULL, updated_at = $5
-             FROM UNNEST($21::text[], $22::text[], $23::text[], $24::text[]) AS u(id, status, step, error)
-             WHERE runs.id = u.id)
-         SELECT CASE WHEN $25 THEN pg_notify($26, '') END",
+    let row = sqlx::query(
+        "SELECT ev_ok, run_owned FROM patchbay_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+             $27, $28, $29)",
     )
-    .bind(&ev_id)
-    .bind(&ev_conn)
-    .bind(&ev_op)
-    .bind(&ev_payload)
     .bind(now)
-    // In array order, so `seq` follows arrival.
-    .bind(&runs.id)
-    .bind(&runs.event)
-    .bind(&runs.recipe)
-    .bind(&runs.version)
-    .bind(&runs.key)
-    .bind(&runs.owner)
-    .bind(&runs.until)
+    .bind(now + DEDUPE_WINDOW.as_millis() as i64)
+    .bind(CHANNEL)
+    .bind(&e_job)
+    .bind(&e_id)
+    .bind(&e_conn)
+    .bind(&e_op)
+    .bind(&e_payload)
+    .bind(&e_key)
+    .bind(&r_ev)
+    .bind(&r_id)
+    .bind(&r_recipe)
+    .bind(&r_ver)
+    .bind(&r_key)
+    .bind(&j_owner)
+    .bind(&j_max)
+    .bind(&j_until)
     .bind(&d_conn)
     .bind(&d_status)
     .bind(&d_outcome)
     .bind(&d_events)
     .bind(&d_at)
-    // Steps checkpointed before stay as they are.
     .bind(&s_run)
     .bind(&s_idx)
     .bind(&s_record)
@@ -543,16 +544,49 @@ async fn batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Ingested>, StoreError>
     .bind(&f_status)
     .bind(&f_step)
     .bind(&f_error)
-    .bind(queued > 0)
-    .bind(CHANNEL);
-    match tx {
-        Some(mut tx) => {
-            write.execute(&mut *tx).await?;
-            tx.commit().await?;
+    .fetch_one(pool)
+    .await?;
+    let ev_ok: Vec<bool> = row.try_get("ev_ok")?;
+    let run_owned: Vec<bool> = row.try_get("run_owned")?;
+    if ev_ok.len() != e_id.len() || run_owned.len() != r_id.len() {
+        return Err(StoreError::Corrupt {
+            what: "patchbay_write",
+            detail: "answer does not match the batch".into(),
+        });
+    }
+    // The answers, job by job, in the order the arrays were filled.
+    let (mut ev_no, mut run_no) = (0, 0);
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut n = Ingested::default();
+        if let Job::Ingest { events, .. } = job {
+            for ev in events {
+                let ok = ev_ok[ev_no];
+                ev_no += 1;
+                if !ok {
+                    n.duplicates += 1;
+                    run_no += ev.runs.len();
+                    continue;
+                }
+                n.events += 1;
+                for run in &ev.runs {
+                    n.runs += 1;
+                    if run_owned[run_no] {
+                        n.claimed.push(ClaimedRun {
+                            id: run.id.clone(),
+                            recipe: run.recipe.clone(),
+                            recipe_version: run.recipe_version.clone(),
+                            payload: ev.payload.clone(),
+                            ordering_key: run.ordering_key.clone(),
+                            started_at: to_time(now),
+                            done: Vec::new(),
+                        });
+                    }
+                    run_no += 1;
+                }
+            }
         }
-        None => {
-            write.execute(pool).await?;
-        }
+        done.push(n);
     }
     Ok(done)
 }
