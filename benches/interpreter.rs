@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use patchbay::catalog::Catalog;
 use patchbay::connectors::request::{complete_input, prepare};
-use patchbay::engine::render;
+use patchbay::interpreter::render;
 use patchbay::jsonpath;
 use patchbay::recipe::load::load_texts;
 use patchbay::template;

@@ -17,7 +17,9 @@ use crate::connectors::native::MemoryStore;
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
 use crate::diagnostic::Severity;
-use crate::engine::{self, event, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
+use crate::interpreter::{
+    self, event, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus,
+};
 use crate::recipe::load::load_paths_with;
 use crate::recipe::validate::{TriggerKind, ValidRecipe, ValidStep, ValidateOptions};
 
@@ -131,7 +133,7 @@ async fn fire_async(args: FireArgs) -> i32 {
     let mut json_reports = Vec::new();
     for ev in events {
         let run_id = new_run_id();
-        let report = engine::run(
+        let report = interpreter::run(
             RunRequest {
                 recipe,
                 event: &ev,

@@ -76,7 +76,7 @@ pub fn webhook(data: &[u8]) {
     let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
-    if let Ok(items) = crate::engine::event::delivery(&CATALOG, connector, parsed) {
+    if let Ok(items) = crate::interpreter::event::delivery(&CATALOG, connector, parsed) {
         items.for_each(drop);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -13,10 +13,9 @@ use crate::cli::{catalog_or_exit, connections_or_exit, print_diags, EXIT_OK, EXI
 use crate::connections::{Connections, ResolvedConnection};
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
-use crate::dispatch::Dispatch;
 use crate::emulator::{ghl, sendpulse};
+use crate::engine::{RecipeSet, Service, Settings};
 use crate::reload::{Fixed, Reloader, Sources, Trigger};
-use crate::service::{RecipeSet, Service};
 use crate::store::Store;
 
 /// A line to stdout for the operator; a closed stdout (a supervisor that
@@ -281,15 +280,18 @@ async fn run_async(args: RunArgs) -> i32 {
         }
     };
     let runtime = Runtime::new(catalog.clone(), resolved, store.clone(), store.clone());
-    let svc = Arc::new(Service {
-        store: store.clone(),
-        runtime: Arc::new(runtime),
+    let svc = Arc::new(Service::new(
+        store.clone(),
+        runtime,
         // Filled by the first reload.
-        recipes: RwLock::new(Arc::new(RecipeSet::default())),
-        dispatch: Dispatch::new(args.workers.max(1), args.lease, args.max_backlog),
-        body_limit: args.body_limit,
-        lease: args.lease,
-    });
+        RecipeSet::default(),
+        Settings {
+            workers: args.workers,
+            lease: args.lease,
+            max_backlog: args.max_backlog,
+            body_limit: args.body_limit,
+        },
+    ));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -426,7 +428,7 @@ async fn run_async(args: RunArgs) -> i32 {
     }
     // Runs claimed but not finished go back to the queue, so the next
     // start takes them at once instead of after their lease.
-    if let Err(e) = store.release(&svc.dispatch.owner).await {
+    if let Err(e) = store.release(&svc.dispatch().owner).await {
         eprintln!("warning: could not release this process's runs ({e}); they resume once their lease expires");
     }
     EXIT_OK

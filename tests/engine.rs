@@ -4,15 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use patchbay::catalog::Catalog;
 use patchbay::connections::ResolvedConnection;
 use patchbay::connectors::Runtime;
 use patchbay::emulator::{ghl, sendpulse};
+use patchbay::engine::{RecipeSet, Service};
 use patchbay::recipe::load::load_texts;
-use patchbay::service::{RecipeSet, Service};
 use patchbay::store::{RunFilter, RunState};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -43,7 +43,7 @@ impl Engine {
         for _ in 0..400 {
             let busy = self
                 .svc
-                .store
+                .store()
                 .runs(RunFilter {
                     limit: 100_000,
                     ..Default::default()
@@ -62,7 +62,7 @@ impl Engine {
 
     async fn runs(&self, status: RunState) -> Vec<patchbay::store::RunSummary> {
         self.svc
-            .store
+            .store()
             .runs(RunFilter {
                 status: Some(status),
                 limit: 100_000,
@@ -130,14 +130,16 @@ async fn start(
         .await
         .unwrap();
     let runtime = Runtime::new(catalog.clone(), conns.clone(), store.clone(), store.clone());
-    let svc = Arc::new(Service {
+    let svc = Arc::new(Service::new(
         store,
-        runtime: Arc::new(runtime),
-        recipes: RwLock::new(Arc::new(RecipeSet::new(loaded.recipes))),
-        dispatch: patchbay::dispatch::Dispatch::new(workers, patchbay::service::DEFAULT_LEASE, 0),
-        body_limit: 64 * 1024,
-        lease: patchbay::service::DEFAULT_LEASE,
-    });
+        runtime,
+        RecipeSet::new(loaded.recipes),
+        patchbay::engine::Settings {
+            workers,
+            body_limit: 64 * 1024,
+            ..Default::default()
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = watch::channel(false);
@@ -275,7 +277,7 @@ async fn bad_deliveries_get_clear_answers_are_recorded_and_lose_nothing() {
             && emails.contains(&"header@example.com".to_string())
     );
 
-    let deliveries = e.svc.store.deliveries(100).await.unwrap();
+    let deliveries = e.svc.store().deliveries(100).await.unwrap();
     let statuses: Vec<u16> = deliveries.iter().rev().map(|d| d.status).collect();
     assert_eq!(statuses, [200, 400, 400, 413, 401, 401, 200, 404, 202]);
     let recorded = serde_json::to_string(&deliveries).unwrap();
@@ -406,16 +408,16 @@ async fn polled_records_become_one_run_each_across_a_restart() {
     let recipe = e.svc.recipes().get("crm-task-poll").unwrap();
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 2);
     assert_eq!(e.svc.poll_once(&recipe, &op).await.unwrap(), 0);
-    e.svc.dispatch.stored(2);
+    e.svc.dispatch().stored(2);
     e.settle().await;
     let runs = e.runs(RunState::Completed).await;
     assert_eq!(runs.len(), 4, "{runs:?}");
     assert_eq!(
-        e.svc.store.get("seen", &first.to_string()).await.unwrap(),
+        e.svc.store().get("seen", &first.to_string()).await.unwrap(),
         Some(json!("first, renamed"))
     );
     assert_eq!(
-        e.svc.store.get("seen", &third.to_string()).await.unwrap(),
+        e.svc.store().get("seen", &third.to_string()).await.unwrap(),
         Some(json!("third"))
     );
     e.shutdown().await;
@@ -440,7 +442,7 @@ steps:
     // Runs queued so far (any state): one per tick, none twice.
     let runs = e
         .svc
-        .store
+        .store()
         .runs(RunFilter {
             limit: 1000,
             ..Default::default()
@@ -482,14 +484,14 @@ async fn failed_runs_are_dead_letters_and_replay_runs_them_again() {
     assert_eq!(dead[0].error.as_ref().unwrap()["kind"], "bad_request");
     let new_id = e
         .svc
-        .store
+        .store()
         .replay(&dead[0].id, &dead[0].recipe_version)
         .await
         .unwrap()
         .unwrap();
-    e.svc.dispatch.stored(1);
+    e.svc.dispatch().stored(1);
     e.settle().await;
-    let (run, steps) = e.svc.store.run(&new_id).await.unwrap().unwrap();
+    let (run, steps) = e.svc.store().run(&new_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunState::Completed);
     assert_eq!(steps[0].output["email"], "z@example.com");
     assert_eq!(e.runs(RunState::Replayed).await.len(), 1);
@@ -580,7 +582,7 @@ steps:
     e.settle().await;
     assert_eq!(e.runs(RunState::Completed).await.len(), 2);
     assert_eq!(
-        e.svc.store.get("ghl", "c2").await.unwrap(),
+        e.svc.store().get("ghl", "c2").await.unwrap(),
         Some(json!("c2@example.com"))
     );
     e.shutdown().await;

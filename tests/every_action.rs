@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 const CONNECTORS: [&str; 3] = ["ghl", "ghl_v1", "sendpulse"];
 
 /// Actions skipped because the connector runtime (src/connectors,
-/// src/engine) mishandles them: `(operation id, evidence)`. They still
+/// src/interpreter) mishandles them: `(operation id, evidence)`. They still
 /// count as covered; remove an entry once its bug is fixed.
 const KNOWN_RUNTIME_BUGS: &[(&str, &str)] = &[];
 

@@ -11,7 +11,7 @@ use patchbay::connections::ResolvedConnection;
 use patchbay::connectors::native::MemoryStore;
 use patchbay::connectors::Runtime;
 use patchbay::emulator::{ghl, sendpulse, Fault};
-use patchbay::engine::{self, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
+use patchbay::interpreter::{self, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
 use patchbay::recipe::load::load_texts;
 use patchbay::recipe::validate::ValidRecipe;
 use serde_json::{json, Value};
@@ -68,7 +68,7 @@ fn recipe(text: &str) -> ValidRecipe {
 }
 
 async fn run(r: &ValidRecipe, event: Value, rt: &Runtime) -> RunReport {
-    engine::run(
+    interpreter::run(
         RunRequest {
             recipe: r,
             event: &event,
@@ -82,7 +82,7 @@ async fn run(r: &ValidRecipe, event: Value, rt: &Runtime) -> RunReport {
     .await
 }
 
-fn step<'a>(r: &'a RunReport, id: &str) -> &'a engine::StepRecord {
+fn step<'a>(r: &'a RunReport, id: &str) -> &'a interpreter::StepRecord {
     r.steps
         .iter()
         .find(|s| s.id == id)

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use patchbay::connectors::auth::{Refresh, StoredTokens};
-use patchbay::engine::{RunReport, RunStatus, StepRecord, StepStatus};
 use patchbay::id::{EventId, RunId};
+use patchbay::interpreter::{RunReport, RunStatus, StepRecord, StepStatus};
 use patchbay::secret::Secret;
 use patchbay::store::versions::StoredVersion;
 use patchbay::store::{

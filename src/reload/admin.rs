@@ -120,7 +120,7 @@ async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
     let status = r.status();
     m.recipes_active.set(status.recipes.len() as i64);
     m.files_rejected.set(status.rejected.len() as i64);
-    let d = &r.service().dispatch;
+    let d = &r.service().dispatch();
     m.backlog.set(d.backlog() as i64);
     m.leased_waiting.set(d.waiting() as i64);
     let delayed = d.delayed();

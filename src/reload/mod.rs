@@ -9,7 +9,6 @@
 //! serialises them.
 
 pub mod admin;
-pub mod versions;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,9 +24,9 @@ use tokio::sync::watch as signal;
 use crate::catalog::Catalog;
 use crate::connections::{Connections, ResolvedConnection};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::engine::Service;
 use crate::recipe::load::{is_recipe_file, is_skipped_entry, load_texts, walk};
 use crate::recipe::validate::{version_of, TriggerKind, ValidRecipe};
-use crate::service::Service;
 use crate::store::versions::StoredVersion;
 
 /// What the engine reloads from.
@@ -593,19 +592,18 @@ impl Reloader {
         // recipes.
         let committed = self
             .svc
-            .store
+            .store()
             .save_versions(&new_versions)
             .await
             .map_err(|e| format!("cannot record the new recipe versions: {e}"))?;
         if catalog_changed {
             report.catalog = true;
-            report.connections = self.svc.runtime.set_catalog((*catalog).clone(), resolved);
+            report.connections = self.svc.runtime().set_catalog((*catalog).clone(), resolved);
         } else if let Some(resolved) = resolved {
-            report.connections = self.svc.runtime.set_connections(resolved);
+            report.connections = self.svc.runtime().set_connections(resolved);
         }
         let set = current.succeed(next.clone());
-        *self.svc.recipes.write().expect("recipes lock") = Arc::new(set);
-        self.svc.dispatch.work.notify_one();
+        self.svc.replace_recipes(set);
         if catalog_changed {
             // Poll loops hold their trigger's declaration: start them anew.
             for (_, (_, task)) in self.schedules.lock().expect("schedules lock").drain() {
@@ -685,7 +683,7 @@ impl Reloader {
             {
                 Some(t) => serving.push(t.clone()),
                 None => {
-                    if let Ok(Some(v)) = self.svc.store.version(&r.name, &r.version).await {
+                    if let Ok(Some(v)) = self.svc.store().version(&r.name, &r.version).await {
                         serving.push((r.file.clone(), v.source));
                     }
                 }

@@ -19,8 +19,8 @@ use serde_json::{json, Map, Value};
 use crate::connectors::native::MemoryStore;
 use crate::connectors::outbound::REDACTED;
 use crate::connectors::Runtime;
-use crate::engine::{self, NoCheckpoints, RunRequest};
 use crate::id::RunId;
+use crate::interpreter::{self, NoCheckpoints, RunRequest};
 use crate::recipe::validate::{TriggerKind, ValidRecipe};
 use crate::reload::Reloader;
 use crate::store::{RunFilter, RunState};
@@ -105,7 +105,7 @@ impl RunsQuery {
 
 /// A page of runs, newest first, and the `before` of the next page.
 async fn page(r: &Reloader, filter: RunFilter, limit: u32) -> Response {
-    match r.service().store.runs(filter).await {
+    match r.service().store().runs(filter).await {
         Ok(mut runs) => {
             let next = (runs.len() > limit as usize).then(|| {
                 runs.truncate(limit as usize);
@@ -132,7 +132,7 @@ async fn dead_letters(State(r): State<Arc<Reloader>>, Query(q): Query<RunsQuery>
 }
 
 async fn show_run(State(r): State<Arc<Reloader>>, Path(id): Path<String>) -> Response {
-    let store = &r.service().store;
+    let store = &r.service().store();
     let (run, steps) = match store.run(&id).await {
         Ok(Some(d)) => d,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
@@ -152,7 +152,7 @@ async fn show_run(State(r): State<Arc<Reloader>>, Path(id): Path<String>) -> Res
 /// Replays one failed run on the recipe's serving version; the new run's id.
 async fn replay(r: &Reloader, id: &str) -> Result<RunId, (StatusCode, String)> {
     let svc = r.service();
-    let run = match svc.store.run(id).await {
+    let run = match svc.store().run(id).await {
         Ok(Some((run, _))) => run,
         Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no run `{id}`"))),
         Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
@@ -175,9 +175,9 @@ async fn replay(r: &Reloader, id: &str) -> Result<RunId, (StatusCode, String)> {
             ),
         ));
     };
-    match svc.store.replay(id, &recipe.version).await {
+    match svc.store().replay(id, &recipe.version).await {
         Ok(Some(new)) => {
-            svc.dispatch.stored(1);
+            svc.dispatch().stored(1);
             Ok(RunId::from(new))
         }
         Ok(None) => Err((
@@ -234,7 +234,7 @@ async fn replay_many(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) ->
             limit: 100_000,
             ..Default::default()
         };
-        match r.service().store.runs(filter).await {
+        match r.service().store().runs(filter).await {
             Ok(runs) => runs.into_iter().map(|r| r.id.to_string()).collect(),
             Err(e) => return store_error(e),
         }
@@ -260,14 +260,14 @@ struct DeliveriesQuery {
 
 async fn deliveries(State(r): State<Arc<Reloader>>, Query(q): Query<DeliveriesQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match r.service().store.deliveries(limit).await {
+    match r.service().store().deliveries(limit).await {
         Ok(d) => Json(json!({"deliveries": d})).into_response(),
         Err(e) => store_error(e),
     }
 }
 
 async fn versions(State(r): State<Arc<Reloader>>, Path(name): Path<String>) -> Response {
-    match r.service().store.history(&name).await {
+    match r.service().store().history(&name).await {
         Ok(v) => {
             let serving = r.service().recipes().get(&name).map(|r| r.version.clone());
             let versions: Vec<Value> = v
@@ -351,7 +351,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
     };
     let events = match &recipe.trigger.kind {
         TriggerKind::Webhook(op) if asked.event.is_array() => {
-            match engine::event::for_trigger(&catalog, op, asked.event) {
+            match interpreter::event::for_trigger(&catalog, op, asked.event) {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => {
                     return error(
@@ -363,7 +363,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
             }
         }
         TriggerKind::Webhook(op) | TriggerKind::Poll { op, .. } => {
-            vec![engine::event::coerce(op, asked.event)]
+            vec![interpreter::event::coerce(op, asked.event)]
         }
         _ => vec![asked.event],
     };
@@ -374,12 +374,12 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
     for ev in events {
         let runtime = Runtime::new(
             (*catalog).clone(),
-            svc.runtime.resolved_connections(),
+            svc.runtime().resolved_connections(),
             store.clone(),
             store.clone(),
         )
         .with_dry_run();
-        let report = engine::run(
+        let report = interpreter::run(
             RunRequest {
                 recipe: &recipe,
                 event: &ev,
@@ -396,7 +396,7 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
             .steps
             .iter()
             .map(|s| {
-                let sends = s.status != engine::StepStatus::Skipped
+                let sends = s.status != interpreter::StepStatus::Skipped
                     && catalog
                         .op(&s.action)
                         .is_some_and(|op| op.def().native.is_none());

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::service::{RecipeSet, Service};
+use crate::engine::{RecipeSet, Service};
 use crate::store::{Delivery, NewEvent};
 
 /// The router of the engine.
@@ -32,7 +32,7 @@ pub fn router(svc: Arc<Service>) -> Router {
 }
 
 async fn ready(State(svc): State<Arc<Service>>) -> Response {
-    let store = svc.store.ping().await;
+    let store = svc.store().ping().await;
     let recipes = svc.recipes().all().count();
     let status = if store {
         StatusCode::OK
@@ -67,13 +67,13 @@ async fn reject(
             events: 0,
             received_at: chrono::Utc::now(),
         };
-        if let Err(e) = svc.store.reject(d).await {
+        if let Err(e) = svc.store().reject(d).await {
             tracing::error!(error = %e, "could not record a rejected delivery");
         }
         tracing::info!(%connection, status = status.as_u16(), reason = reason.as_str(), %message, "delivery rejected");
     }
     // Labels stay bounded: an unknown connection is not the sender's text.
-    let label = if svc.runtime.connection(&connection).is_some() {
+    let label = if svc.runtime().connection(&connection).is_some() {
         connection.as_str()
     } else {
         "(unknown)"
@@ -130,7 +130,7 @@ fn split_delivery(
             format!("malformed JSON: {e}"),
         )
     })?;
-    let items = crate::engine::event::delivery(&catalog, def, parsed)
+    let items = crate::interpreter::event::delivery(&catalog, def, parsed)
         .map_err(|e| (Reason::BadDelivery, StatusCode::BAD_REQUEST, e.to_string()))?;
     if items.len() > max_events {
         let msg = format!(
@@ -192,7 +192,7 @@ async fn hook(
     // The parts, not the `HeaderMap` extractor: that one copies every header.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let Some(conn) = svc.runtime.connection(&connection) else {
+    let Some(conn) = svc.runtime().connection(&connection) else {
         let msg = format!(
             "no connection `{}`",
             rejects::truncate(&connection, rejects::MAX_NAME_CHARS)
@@ -247,12 +247,12 @@ async fn hook(
         )
         .await;
     }
-    let too_large = || format!("body larger than the {} byte limit", svc.body_limit);
+    let too_large = || format!("body larger than the {} byte limit", svc.body_limit());
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > svc.body_limit as u64) {
+    if declared.is_some_and(|n| n > svc.body_limit() as u64) {
         return reject(
             &svc,
             &connection,
@@ -262,7 +262,7 @@ async fn hook(
         )
         .await;
     }
-    let body: Bytes = match read_body(body, svc.body_limit, BODY_READ_TIMEOUT).await {
+    let body: Bytes = match read_body(body, svc.body_limit(), BODY_READ_TIMEOUT).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             return reject(
@@ -344,44 +344,7 @@ async fn hook(
         events: total,
         received_at: chrono::Utc::now(),
     };
-    // Over the backlog limit, wait for the workers before accepting more
-    // (src/dispatch.rs): nothing is stored yet, so a sender that gives up
-    // meanwhile loses nothing it was told was accepted.
-    if !events.is_empty() {
-        svc.dispatch.admit().await;
-    }
-    // Stored and handed to the workers in a task of its own: if the sender
-    // hangs up, the request's future is dropped, but runs claimed for this
-    // process must still reach a worker (and the reservation be settled).
-    let stored = {
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            let reserved = svc
-                .dispatch
-                .reserve(events.iter().map(|e| e.runs.len()).sum());
-            let writing = std::time::Instant::now();
-            let result = svc.store.ingest(delivery, events, reserved.clone()).await;
-            crate::metrics::global().store_write("ingest", writing.elapsed());
-            match result {
-                Ok(mut n) => {
-                    let claimed = std::mem::take(&mut n.claimed);
-                    svc.dispatch.settle(reserved.as_ref(), claimed, n.runs);
-                    Ok(n)
-                }
-                Err(e) => {
-                    svc.dispatch.settle(reserved.as_ref(), Vec::new(), 0);
-                    Err(e)
-                }
-            }
-        })
-    };
-    let result = match stored.await {
-        Ok(r) => r,
-        Err(e) => Err(crate::store::StoreError::Corrupt {
-            what: "ingest task",
-            detail: e.to_string(),
-        }),
-    };
+    let result = svc.accept(delivery, events).await;
     match result {
         Ok(n) => {
             crate::metrics::global().delivery(&connection, outcome);

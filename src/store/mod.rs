@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::connectors::auth::{BoxFut, TokenStore};
 use crate::connectors::native::LinkStore;
-use crate::engine::{RunReport, StepRecord};
+use crate::interpreter::{RunReport, StepRecord};
 use versions::RecipeVersions;
 
 /// The store URL `patchbay run` and the operations commands use by default.
@@ -313,9 +313,9 @@ impl RunEnd {
     pub(crate) fn of(report: &RunReport) -> RunEnd {
         RunEnd {
             status: match report.status {
-                crate::engine::RunStatus::Completed => RunState::Completed,
-                crate::engine::RunStatus::Failed => RunState::Failed,
-                crate::engine::RunStatus::Filtered => RunState::Filtered,
+                crate::interpreter::RunStatus::Completed => RunState::Completed,
+                crate::interpreter::RunStatus::Failed => RunState::Failed,
+                crate::interpreter::RunStatus::Filtered => RunState::Filtered,
             },
             records: report
                 .steps

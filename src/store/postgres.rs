@@ -27,7 +27,7 @@ use super::{
 use crate::connectors::auth::{BoxFut, Refresh, StoredTokens, TokenStore};
 use crate::connectors::errors::StepError;
 use crate::connectors::native::LinkStore;
-use crate::engine::{RunReport, StepRecord};
+use crate::interpreter::{RunReport, StepRecord};
 use crate::secret::Secret;
 
 /// The channel on which committed runs are announced.

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::connectors::auth::{BoxFut, StoredTokens, TokenStore};
 use crate::connectors::native::LinkStore;
-use crate::engine::{RunReport, StepRecord};
+use crate::interpreter::{RunReport, StepRecord};
 use crate::secret::Secret;
 
 /// How long a dedupe key is remembered.
@@ -695,7 +695,7 @@ impl TokenStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::RunStatus;
+    use crate::interpreter::RunStatus;
     use crate::store::{NewRun, RunFilter};
     use serde_json::json;
 
@@ -953,10 +953,10 @@ mod tests {
         let failed = claim1(&s, "w", lease).await.unwrap();
         assert_eq!((&done.id, &failed.id), (&ids[0], &ids[1]));
         let mut report = ended(&done.id, RunStatus::Completed);
-        report.steps = vec![crate::engine::StepRecord {
+        report.steps = vec![crate::interpreter::StepRecord {
             id: "s".into(),
             action: "store.put".into(),
-            status: crate::engine::StepStatus::Completed,
+            status: crate::interpreter::StepStatus::Completed,
             input: json!({}),
             output: json!({}),
             error: None,

@@ -13,7 +13,9 @@ use super::matcher::{exact, line_diff, pretty, project, short, subset, Differenc
 use crate::catalog::Catalog;
 use crate::connections::ResolvedConnection;
 use crate::connectors::Runtime;
-use crate::engine::{self, event, NoCheckpoints, RunRequest, RunStatus, StepRecord, StepStatus};
+use crate::interpreter::{
+    self, event, NoCheckpoints, RunRequest, RunStatus, StepRecord, StepStatus,
+};
 use crate::recipe::validate::{TriggerKind, ValidRecipe, ValidStep};
 use crate::template::{self, Template};
 
@@ -143,7 +145,7 @@ impl FileRunner {
         let mut failure: Option<(Option<String>, Option<crate::connectors::StepError>)> = None;
         for (n, ev) in events.iter().enumerate() {
             let run_id = format!("test-{}-{n}", c.index);
-            let report = engine::run(
+            let report = interpreter::run(
                 RunRequest {
                     recipe,
                     event: ev,
