@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::catalog::Split;
 use crate::cli::{
     catalog_or_exit, connections_or_exit, print_diags, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
 };
@@ -17,11 +16,9 @@ use crate::connectors::native::MemoryStore;
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
 use crate::diagnostic::Severity;
-use crate::interpreter::{
-    self, event, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus,
-};
+use crate::interpreter::{self, NoCheckpoints, RunReport, RunRequest, RunStatus, StepStatus};
 use crate::recipe::load::load_paths_with;
-use crate::recipe::validate::{TriggerKind, ValidRecipe, ValidStep, ValidateOptions};
+use crate::recipe::validate::{ValidRecipe, ValidStep, ValidateOptions};
 
 /// Arguments of `fire`.
 pub struct FireArgs {
@@ -206,39 +203,14 @@ fn read_events(
             }
         },
     };
-    match &recipe.trigger.kind {
-        // A delivery, as `patchbay run` would take it.
-        TriggerKind::Webhook(op) => {
-            let splits = op
-                .connector()
-                .webhook
-                .as_ref()
-                .is_some_and(|h| h.split == Split::Array);
-            let deliveries = match value {
-                Value::Object(_) if splits => vec![Value::Array(vec![value])],
-                Value::Array(items) if !splits => items,
-                other => vec![other],
-            };
-            let mut events = Vec::new();
-            for d in deliveries {
-                events.extend(
-                    event::for_trigger(catalog, op, d)
-                        .map_err(|e| format!("{}: {e}", path.display()))?,
-                );
-            }
-            if events.is_empty() {
-                return Err(format!(
-                    "{}: no item of the delivery is a {} event",
-                    path.display(),
-                    op.id()
-                ));
-            }
-            Ok(events)
-        }
-        // One polled record.
-        TriggerKind::Poll { op, .. } => Ok(vec![event::coerce(op, value)]),
-        _ => Ok(vec![value]),
-    }
+    crate::engine::triggers::fixture_events(
+        catalog,
+        &recipe.trigger.kind,
+        Some(value),
+        crate::engine::triggers::Shape::EventOrDelivery,
+        chrono::Utc::now(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn new_run_id() -> String {

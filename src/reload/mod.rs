@@ -26,7 +26,7 @@ use crate::connections::{Connections, ResolvedConnection};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::engine::Service;
 use crate::recipe::load::{is_recipe_file, is_skipped_entry, load_texts, walk};
-use crate::recipe::validate::{version_of, TriggerKind, ValidRecipe};
+use crate::recipe::validate::{version_of, ValidRecipe};
 use crate::store::versions::StoredVersion;
 
 /// What the engine reloads from.
@@ -745,7 +745,7 @@ impl Reloader {
         let mut loops = self.schedules.lock().expect("schedules lock");
         let wanted: HashMap<&str, &Arc<ValidRecipe>> = active
             .iter()
-            .filter(|r| !matches!(r.trigger.kind, TriggerKind::Webhook(_)))
+            .filter(|r| r.trigger.kind.is_timed())
             .map(|r| (r.name.as_str(), r))
             .collect();
         loops.retain(|name, (version, task)| {
@@ -830,11 +830,7 @@ impl Reloader {
                     .get(&(r.name.clone(), r.version.clone()))
                     .copied()
                     .unwrap_or(report.at),
-                trigger: match r.trigger.kind {
-                    TriggerKind::Webhook(_) => "webhook",
-                    TriggerKind::Poll { .. } => "poll",
-                    _ => "schedule",
-                },
+                trigger: r.trigger.kind.label(),
                 last_error: applied.recipe_errors.get(&r.name).cloned(),
             })
             .collect();

@@ -21,7 +21,7 @@ use crate::connectors::outbound::REDACTED;
 use crate::connectors::Runtime;
 use crate::id::RunId;
 use crate::interpreter::{self, NoCheckpoints, RunRequest};
-use crate::recipe::validate::{TriggerKind, ValidRecipe};
+use crate::recipe::validate::ValidRecipe;
 use crate::reload::Reloader;
 use crate::store::{RunFilter, RunState};
 
@@ -349,23 +349,15 @@ async fn preview(State(r): State<Arc<Reloader>>, body: axum::body::Bytes) -> Res
             )
         }
     };
-    let events = match &recipe.trigger.kind {
-        TriggerKind::Webhook(op) if asked.event.is_array() => {
-            match interpreter::event::for_trigger(&catalog, op, asked.event) {
-                Ok(e) if !e.is_empty() => e,
-                Ok(_) => {
-                    return error(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("no item of the delivery is a {} event", op.id()),
-                    )
-                }
-                Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-            }
-        }
-        TriggerKind::Webhook(op) | TriggerKind::Poll { op, .. } => {
-            vec![interpreter::event::coerce(op, asked.event)]
-        }
-        _ => vec![asked.event],
+    let events = match crate::engine::triggers::fixture_events(
+        &catalog,
+        &recipe.trigger.kind,
+        Some(asked.event),
+        crate::engine::triggers::Shape::EventOrDelivery,
+        chrono::Utc::now(),
+    ) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     // The engine's connections, sending nothing: requests are recorded
     // before credentials are added.

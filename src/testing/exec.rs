@@ -13,9 +13,7 @@ use super::matcher::{exact, line_diff, pretty, project, short, subset, Differenc
 use crate::catalog::Catalog;
 use crate::connections::ResolvedConnection;
 use crate::connectors::Runtime;
-use crate::interpreter::{
-    self, event, NoCheckpoints, RunRequest, RunStatus, StepRecord, StepStatus,
-};
+use crate::interpreter::{self, NoCheckpoints, RunRequest, RunStatus, StepRecord, StepStatus};
 use crate::recipe::validate::{TriggerKind, ValidRecipe, ValidStep};
 use crate::template::{self, Template};
 
@@ -379,27 +377,14 @@ fn test_connections(
 
 /// The events a case's payload becomes, as the engine would make them.
 fn events_of(catalog: &Catalog, recipe: &ValidRecipe, c: &ReadyCase) -> Result<Vec<Value>, String> {
-    match &recipe.trigger.kind {
-        TriggerKind::Webhook(op) => {
-            let Some(v) = c.event.clone() else {
-                return Err("the case gives no `event` (the webhook delivery)".into());
-            };
-            event::for_trigger(catalog, op, v).map_err(|e| e.to_string())
-        }
-        TriggerKind::Poll { op, .. } => {
-            let Some(v) = c.event.clone() else {
-                return Err("the case gives no `event` (the page of polled records)".into());
-            };
-            Ok(event::split(v, true)
-                .into_iter()
-                .map(|p| event::coerce(op, p))
-                .collect())
-        }
-        TriggerKind::Every(_) | TriggerKind::Cron { .. } => Ok(vec![c
-            .event
-            .clone()
-            .unwrap_or_else(|| event::schedule_event(c.now))]),
-    }
+    crate::engine::triggers::fixture_events(
+        catalog,
+        &recipe.trigger.kind,
+        c.event.clone(),
+        crate::engine::triggers::Shape::Delivery,
+        c.now,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What templates in expectations see.

@@ -21,7 +21,7 @@ impl Service {
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.recipes()
             .all()
-            .filter(|r| !matches!(r.trigger.kind, TriggerKind::Webhook(_)))
+            .filter(|r| r.trigger.kind.is_timed())
             .map(|r| self.spawn_schedule(r.clone(), stop.clone()))
             .collect()
     }
