@@ -55,6 +55,10 @@ const REFERENCE: &[Row] = &[
     ("ghl.workflows.remove", "DELETE", "/contacts/{contactId}/workflow/{workflowId}", &["contactId", "workflowId"]),
     ("ghl.tags.bulk_update", "POST", "/contacts/bulk/tags/update/{type}", &["type", "contacts", "tags"]),
     ("ghl.contacts.bulk_business", "POST", "/contacts/bulk/business", &["ids", "businessId"]),
+    // HighLevel OAuth (§3.1): an agency token mints a location token. The
+    // form body's `companyId` is the connection's `company_id`; the
+    // location is the recipe's (any location of the agency).
+    ("ghl.oauth.location_token", "POST", "/oauth/locationToken", &["locationId"]),
     // HighLevel Calendars API (not a contacts endpoint).
     ("ghl.appointments.create", "POST", "/calendars/events/appointments", &["calendarId", "contactId", "startTime"]),
     // ---------------------------------------------- HighLevel API v1 (legacy)

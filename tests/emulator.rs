@@ -576,6 +576,90 @@ async fn ghl_auth_version_and_refresh() {
 }
 
 #[tokio::test]
+async fn ghl_agency_token_mints_location_tokens() {
+    let g = Ghl::start(GhlConfig::default()).await;
+    let cfg = g.emu.config().clone();
+    let url = format!("{}/oauth/locationToken", g.emu.base_url());
+    let mint = |token: &str, form: &[(&str, &str)]| {
+        g.http
+            .post(&url)
+            .bearer_auth(token)
+            .header("Version", ghl::VERSION)
+            .form(form)
+    };
+    let good = [
+        ("companyId", cfg.company_id.as_str()),
+        ("locationId", cfg.location_id.as_str()),
+    ];
+    let (status, minted) = send(mint(&cfg.agency_token, &good)).await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(
+        (
+            minted["token_type"].clone(),
+            minted["expires_in"].clone(),
+            minted["locationId"].clone()
+        ),
+        (json!("Bearer"), json!(86399), json!(cfg.location_id))
+    );
+    // The minted token works in the location; the agency token does not.
+    let id = g.create(json!({"email": "ann@example.com"})).await;
+    let get = |token: &str| {
+        g.http
+            .get(format!("{}/contacts/{id}", g.emu.base_url()))
+            .bearer_auth(token)
+            .header("Version", ghl::VERSION)
+    };
+    assert_eq!(
+        send(get(minted["access_token"].as_str().unwrap())).await.0,
+        200
+    );
+    assert_eq!(send(get(&cfg.agency_token)).await.0, 401);
+    // Only an agency token mints, only with a form, for its own company and location.
+    let (status, e) = send(mint(&cfg.token, &good)).await;
+    assert_eq!(
+        (status, e["message"].clone()),
+        (401, json!("This route requires an Agency access token"))
+    );
+    let as_json = g
+        .http
+        .post(&url)
+        .bearer_auth(&cfg.agency_token)
+        .header("Version", ghl::VERSION)
+        .json(&json!({"companyId": cfg.company_id, "locationId": cfg.location_id}));
+    assert_eq!(send(as_json).await.0, 400);
+    let no_version = g.http.post(&url).bearer_auth(&cfg.agency_token).form(&good);
+    assert_eq!(
+        send(no_version).await,
+        (
+            400,
+            json!({"statusCode": 400, "message": "Version header was not found"})
+        )
+    );
+    let (status, e) = send(mint(
+        &cfg.agency_token,
+        &[("companyId", "other"), ("locationId", &cfg.location_id)],
+    ))
+    .await;
+    assert_eq!(status, 403, "{e}");
+    assert_eq!(
+        send(mint(
+            &cfg.agency_token,
+            &[("companyId", &cfg.company_id), ("locationId", "elsewhere")],
+        ))
+        .await,
+        (
+            400,
+            json!({"statusCode": 400, "message": "Location not found"})
+        )
+    );
+    let (status, e) = send(mint(&cfg.agency_token, &[("companyId", &cfg.company_id)])).await;
+    assert_eq!(
+        (status, e["message"].clone()),
+        (422, json!(["locationId should not be empty"]))
+    );
+}
+
+#[tokio::test]
 async fn ghl_v1_shapes() {
     let g = Ghl::start(GhlConfig::default()).await;
     let (status, err) = send(

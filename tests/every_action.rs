@@ -103,6 +103,7 @@ fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> Resolve
 /// Ids the inputs refer to: seeded records and records created by earlier
 /// actions (by the creating operation's id).
 struct Fixtures {
+    ghl_location: String,
     ghl_contact: String,
     v1_contact: String,
     book: i64,
@@ -161,6 +162,7 @@ impl Fixtures {
             ("ghl_v1.contacts.lookup", "email") => json!(V1_EMAIL),
             ("ghl_v1.contacts.lookup", "phone") => json!(V1_PHONE),
             ("ghl.tasks.complete", "completed") => json!(true),
+            ("ghl.oauth.location_token", "locationId") => json!(self.ghl_location),
             ("ghl_v1.tasks.status", "status") => json!("completed"),
             ("sendpulse.subscribers.add", "emails") => json!([
                 {"email": SUB1, "variables": {"city": CITY}},
@@ -510,6 +512,17 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
                 ("location_id", gc.location_id.clone(), false),
             ],
         ),
+        // The agency's connection, for minting location tokens.
+        conn(
+            "ghl-agency",
+            "ghl",
+            &[
+                ("base_url", g.base_url(), false),
+                ("token", gc.agency_token.clone(), true),
+                ("location_id", gc.location_id.clone(), false),
+                ("company_id", gc.company_id.clone(), false),
+            ],
+        ),
         conn(
             "ghl-v1",
             "ghl_v1",
@@ -532,6 +545,7 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
     let rt = Runtime::new(Catalog::builtin(), conns.clone(), store.clone(), store);
 
     let mut fx = Fixtures {
+        ghl_location: gc.location_id.clone(),
         ghl_contact: g.insert_contact(json!({
             "email": GHL_EMAIL, "phone": GHL_PHONE, "firstName": "Ada", "lastName": "Lovelace",
         })),
@@ -568,10 +582,16 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         } else {
             g.emulator()
         };
-        let conn = conns.iter().find(|c| c.connector == connector).unwrap();
+        let name = match (id.as_str(), connector) {
+            ("ghl.oauth.location_token", _) => "ghl-agency",
+            (_, "ghl") => "ghl-main",
+            (_, "ghl_v1") => "ghl-v1",
+            _ => "sendpulse-main",
+        };
+        let conn = conns.iter().find(|c| c.name == name).unwrap();
         let input = fx.input(op);
         emu.control().clear_requests();
-        let out = match rt.call(op, None, &input, None).await {
+        let out = match rt.call(op, Some(name), &input, None).await {
             Ok(out) => out.output,
             Err(f) => panic!("{id} failed: {:?}\ninput: {input:?}", f.error),
         };
@@ -580,7 +600,7 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         let recs: Vec<Recorded> = emu
             .requests()
             .into_iter()
-            .filter(|r| !r.path.starts_with("/oauth/"))
+            .filter(|r| !["/oauth/token", "/oauth/access_token"].contains(&r.path.as_str()))
             .collect();
         assert_eq!(recs.len(), 1, "{id}: one API request expected: {recs:?}");
         let full = complete_input(op, Some(conn), &input).unwrap();
