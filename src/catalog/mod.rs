@@ -404,11 +404,20 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
             WebhookVerify::Ed25519 {
                 public_key,
                 max_age,
+                legacy,
                 ..
             } => {
                 fields_used.push((public_key, "/webhook/verify/public_key".into()));
                 if let Err(e) = parse_duration(max_age) {
                     err("/webhook/verify/max_age", e.to_string());
+                }
+                if let Some(l) = legacy {
+                    fields_used.push((&l.public_key, "/webhook/verify/legacy/public_key".into()));
+                    if let Some(pem) = &l.default_public_key {
+                        if let Err(e) = crate::server::verify::rsa_public_key(pem) {
+                            err("/webhook/verify/legacy/default_public_key", e);
+                        }
+                    }
                 }
             }
             WebhookVerify::Hmac { secret, .. } => {

@@ -429,6 +429,11 @@ pub enum WebhookVerify {
         id_field: String,
         /// Maximum age, e.g. `5m`.
         max_age: String,
+        /// A deprecated RSA signature accepted when a delivery carries no
+        /// `header` (HighLevel's `x-wh-signature`); the same timestamp and
+        /// id checks apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        legacy: Option<LegacyRsa>,
     },
     /// HMAC-SHA256 of the raw body in a header, hex or `sha256=` hex.
     Hmac {
@@ -445,6 +450,21 @@ pub enum WebhookVerify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_age: Option<String>,
     },
+}
+
+/// A deprecated RSA PKCS#1 v1.5 SHA-256 signature of the raw body.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyRsa {
+    /// Header with the base64 signature (`x-wh-signature`).
+    pub header: String,
+    /// Connection field with the RSA public key (PEM, or base64 DER); the
+    /// connection may leave it unset to use `default_public_key`.
+    pub public_key: String,
+    /// The public key (PEM) used when the connection sets none: the one the
+    /// sender publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_public_key: Option<String>,
 }
 
 /// What an operation is.
