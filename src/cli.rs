@@ -543,6 +543,9 @@ fn describe_op(op: &OpRef) -> String {
     s.push_str(&format!("kind: {}\n", kind_name(d.kind)));
     if let (Some(m), Some(p)) = (&d.method, &d.path) {
         s.push_str(&format!("request: {} {p}\n", m.as_str()));
+        if d.body_encoding == crate::catalog::Encoding::Form {
+            s.push_str("body: form fields (application/x-www-form-urlencoded)\n");
+        }
     }
     if let Some(n) = &d.native {
         s.push_str(&format!("built in: {n}\n"));
@@ -562,6 +565,9 @@ fn describe_op(op: &OpRef) -> String {
             }
             if let Some(f) = &i.from_connection {
                 notes.push(format!("from connection `{f}`"));
+            }
+            if let Some(e) = i.encode {
+                notes.push(format!("sent as {}", e.as_str()));
             }
             s.push_str(&format!(
                 "  {:<28} {:<8} {:<40} {}\n",

@@ -295,12 +295,18 @@ fn dry_run_requests(out: &mut String, runtime: &Runtime) {
         if p.authenticated {
             let _ = writeln!(out, "authorization: *** (from the connection, redacted)");
         }
-        if let Some(b) = &p.body {
-            let _ = writeln!(
-                out,
-                "\n{}",
-                serde_json::to_string_pretty(b).unwrap_or_default()
-            );
+        match (&p.body, p.encoding) {
+            (Some(b), crate::catalog::Encoding::Json) => {
+                let _ = writeln!(
+                    out,
+                    "\n{}",
+                    serde_json::to_string_pretty(b).unwrap_or_default()
+                );
+            }
+            (Some(_), crate::catalog::Encoding::Form) => {
+                let _ = writeln!(out, "\n{}", p.body_text().unwrap_or_default());
+            }
+            (None, _) => {}
         }
     }
 }

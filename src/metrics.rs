@@ -143,6 +143,8 @@ pub struct Metrics {
     pub webhook_rejected: Family<ReasonLabels, Counter>,
     /// Refused deliveries counted but not recorded in the store.
     pub webhook_rejected_unrecorded: Counter,
+    /// Deliveries accepted on a deprecated signature, by connection.
+    pub webhook_legacy_signatures: Family<ConnectionLabels, Counter>,
     /// Reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// Recipes added, changed, removed and files rejected by reloads.
@@ -177,6 +179,7 @@ impl Metrics {
             deliveries_delayed: Counter::default(),
             webhook_rejected: Family::default(),
             webhook_rejected_unrecorded: Counter::default(),
+            webhook_legacy_signatures: Family::default(),
             reloads: Family::default(),
             reload_changes: Family::default(),
             reload_last_seconds: Gauge::default(),
@@ -260,6 +263,11 @@ impl Metrics {
             "webhook_rejected_unrecorded",
             "Refused deliveries counted but not recorded in the store (over the sample rate)",
             m.webhook_rejected_unrecorded.clone(),
+        );
+        r.register(
+            "webhook_legacy_signatures",
+            "Webhook deliveries accepted on a deprecated signature (HighLevel's x-wh-signature), by connection",
+            m.webhook_legacy_signatures.clone(),
         );
         r.register(
             "reloads",

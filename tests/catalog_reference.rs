@@ -55,6 +55,10 @@ const REFERENCE: &[Row] = &[
     ("ghl.workflows.remove", "DELETE", "/contacts/{contactId}/workflow/{workflowId}", &["contactId", "workflowId"]),
     ("ghl.tags.bulk_update", "POST", "/contacts/bulk/tags/update/{type}", &["type", "contacts", "tags"]),
     ("ghl.contacts.bulk_business", "POST", "/contacts/bulk/business", &["ids", "businessId"]),
+    // HighLevel OAuth (§3.1): an agency token mints a location token. The
+    // form body's `companyId` is the connection's `company_id`; the
+    // location is the recipe's (any location of the agency).
+    ("ghl.oauth.location_token", "POST", "/oauth/locationToken", &["locationId"]),
     // HighLevel Calendars API (not a contacts endpoint).
     ("ghl.appointments.create", "POST", "/calendars/events/appointments", &["calendarId", "contactId", "startTime"]),
     // ---------------------------------------------- HighLevel API v1 (legacy)
@@ -97,12 +101,20 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.subscribers.unsubscribe", "POST", "/addressbooks/{id}/emails/unsubscribe", &["id", "emails"]),
     ("sendpulse.subscribers.update_variables", "POST", "/addressbooks/{id}/emails/variable", &["id", "email", "variables"]),
     ("sendpulse.subscribers.get", "GET", "/addressbooks/{id}/emails/{email}", &["id", "email"]),
+    // The reference's table has no body for the phone change; SendPulse's
+    // bulk-email spec (a source of the reference) gives `{email*, phone*}`.
+    ("sendpulse.subscribers.update_phone", "PUT", "/addressbooks/{id}/phone", &["id", "email", "phone"]),
     ("sendpulse.subscribers.find_by_variable", "GET", "/addressbooks/{id}/variables/{name}/{value}", &["id", "name", "value"]),
     ("sendpulse.emails.books", "GET", "/emails/{email}", &["email"]),
     ("sendpulse.emails.details", "GET", "/emails/{email}/details", &["email"]),
     ("sendpulse.emails.books_many", "POST", "/emails", &["emails"]),
     ("sendpulse.emails.campaigns", "GET", "/emails/{email}/campaigns", &["email"]),
     ("sendpulse.emails.delete", "DELETE", "/emails/{email}", &["email"]),
+    // `emails` is the base64 of a comma-separated list on the wire; recipes
+    // give a list (`encode: base64_comma_list`).
+    ("sendpulse.blacklist.list", "GET", "/blacklist", &[]),
+    ("sendpulse.blacklist.add", "POST", "/blacklist", &["emails"]),
+    ("sendpulse.blacklist.remove", "DELETE", "/blacklist", &["emails"]),
     ("sendpulse.webhooks.list", "GET", "/v2/email-service/webhook", &[]),
     ("sendpulse.webhooks.get", "GET", "/v2/email-service/webhook/{id}", &["id"]),
     ("sendpulse.webhooks.create", "POST", "/v2/email-service/webhook/", &["url", "actions"]),
@@ -125,6 +137,12 @@ const REFERENCE: &[Row] = &[
     ("sendpulse.crm.contacts.update_email", "PUT", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId", "email"]),
     ("sendpulse.crm.contacts.delete_email", "DELETE", "/crm/v1/contacts/{contactId}/emails/{emailId}", &["contactId", "emailId"]),
     ("sendpulse.crm.contacts.history", "GET", "/crm/v1/contacts/{contactId}/history", &["contactId"]),
+    // Messenger bodies are not in the reference; SendPulse's CRM spec (a
+    // source of the reference) requires `typeId` and `login` on add and edit.
+    ("sendpulse.crm.contacts.add_messenger", "POST", "/crm/v1/contacts/{contactId}/messengers", &["contactId", "typeId", "login"]),
+    ("sendpulse.crm.contacts.update_messenger", "PUT", "/crm/v1/contacts/{contactId}/messengers/{messengerId}", &["contactId", "messengerId", "typeId", "login"]),
+    ("sendpulse.crm.contacts.delete_messenger", "DELETE", "/crm/v1/contacts/{contactId}/messengers/{messengerId}", &["contactId", "messengerId"]),
+    ("sendpulse.crm.contacts.deals", "GET", "/crm/v1/contacts/{contactId}/deals", &["contactId"]),
     ("sendpulse.crm.contacts.find_by_external_id", "GET", "/crm/v1/contacts/external/{externalContactId}", &["externalContactId"]),
     // The reference does not give the definition body; a name is the least
     // an attribute needs. Values are `{attributeId*, value*}`.

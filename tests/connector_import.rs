@@ -257,3 +257,51 @@ fn a_public_spec_imports_to_a_connector_validate_accepts() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("petId"), "{}", text(&o));
 }
+
+#[test]
+fn a_form_body_imports_as_form_fields() {
+    let doc = serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Tokens", "version": "1"},
+        "servers": [{"url": "https://api.example.com"}],
+        "paths": {"/oauth/locationToken": {"post": {
+            "operationId": "getLocationToken", "tags": ["OAuth"],
+            "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["companyId", "locationId"],
+                "properties": {
+                    "companyId": {"type": "string"},
+                    "locationId": {"type": "string"},
+                    "meta": {"type": "object"}
+                }
+            }}}},
+            "responses": {"200": {"description": "ok"}}
+        }}}
+    });
+    let out = import(&doc.to_string(), &ImportOptions::default()).unwrap();
+    let c = parse_connector("t.yaml", &out.yaml)
+        .unwrap_or_else(|d| panic!("{d:?}\n{}", out.yaml))
+        .def;
+    assert_eq!(c.operations.len(), 1, "{}", out.yaml);
+    let op = c.operations[0].get();
+    assert_eq!(
+        op.body_encoding,
+        patchbay::catalog::Encoding::Form,
+        "{}",
+        out.yaml
+    );
+    let required: Vec<&String> = op
+        .inputs
+        .iter()
+        .filter(|(_, i)| i.required)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(required, ["companyId", "locationId"]);
+    assert!(!op.inputs.contains_key("meta"));
+    assert!(
+        out.unmapped
+            .iter()
+            .any(|u| u.contains("form field `meta` is an object")),
+        "{:?}",
+        out.unmapped
+    );
+}

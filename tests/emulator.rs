@@ -576,6 +576,90 @@ async fn ghl_auth_version_and_refresh() {
 }
 
 #[tokio::test]
+async fn ghl_agency_token_mints_location_tokens() {
+    let g = Ghl::start(GhlConfig::default()).await;
+    let cfg = g.emu.config().clone();
+    let url = format!("{}/oauth/locationToken", g.emu.base_url());
+    let mint = |token: &str, form: &[(&str, &str)]| {
+        g.http
+            .post(&url)
+            .bearer_auth(token)
+            .header("Version", ghl::VERSION)
+            .form(form)
+    };
+    let good = [
+        ("companyId", cfg.company_id.as_str()),
+        ("locationId", cfg.location_id.as_str()),
+    ];
+    let (status, minted) = send(mint(&cfg.agency_token, &good)).await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(
+        (
+            minted["token_type"].clone(),
+            minted["expires_in"].clone(),
+            minted["locationId"].clone()
+        ),
+        (json!("Bearer"), json!(86399), json!(cfg.location_id))
+    );
+    // The minted token works in the location; the agency token does not.
+    let id = g.create(json!({"email": "ann@example.com"})).await;
+    let get = |token: &str| {
+        g.http
+            .get(format!("{}/contacts/{id}", g.emu.base_url()))
+            .bearer_auth(token)
+            .header("Version", ghl::VERSION)
+    };
+    assert_eq!(
+        send(get(minted["access_token"].as_str().unwrap())).await.0,
+        200
+    );
+    assert_eq!(send(get(&cfg.agency_token)).await.0, 401);
+    // Only an agency token mints, only with a form, for its own company and location.
+    let (status, e) = send(mint(&cfg.token, &good)).await;
+    assert_eq!(
+        (status, e["message"].clone()),
+        (401, json!("This route requires an Agency access token"))
+    );
+    let as_json = g
+        .http
+        .post(&url)
+        .bearer_auth(&cfg.agency_token)
+        .header("Version", ghl::VERSION)
+        .json(&json!({"companyId": cfg.company_id, "locationId": cfg.location_id}));
+    assert_eq!(send(as_json).await.0, 400);
+    let no_version = g.http.post(&url).bearer_auth(&cfg.agency_token).form(&good);
+    assert_eq!(
+        send(no_version).await,
+        (
+            400,
+            json!({"statusCode": 400, "message": "Version header was not found"})
+        )
+    );
+    let (status, e) = send(mint(
+        &cfg.agency_token,
+        &[("companyId", "other"), ("locationId", &cfg.location_id)],
+    ))
+    .await;
+    assert_eq!(status, 403, "{e}");
+    assert_eq!(
+        send(mint(
+            &cfg.agency_token,
+            &[("companyId", &cfg.company_id), ("locationId", "elsewhere")],
+        ))
+        .await,
+        (
+            400,
+            json!({"statusCode": 400, "message": "Location not found"})
+        )
+    );
+    let (status, e) = send(mint(&cfg.agency_token, &[("companyId", &cfg.company_id)])).await;
+    assert_eq!(
+        (status, e["message"].clone()),
+        (422, json!(["locationId should not be empty"]))
+    );
+}
+
+#[tokio::test]
 async fn ghl_v1_shapes() {
     let g = Ghl::start(GhlConfig::default()).await;
     let (status, err) = send(
@@ -1952,6 +2036,234 @@ async fn sendpulse_books_of_several_emails_and_campaign_stats() {
             .await
             .0,
         404
+    );
+}
+
+#[tokio::test]
+async fn sendpulse_blacklist_takes_base64_lists_and_shows_in_campaign_stats() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let sp = Sp::start(sp_config()).await;
+    let book = sp.emu.insert_book("News");
+    send(
+        sp.req(Method::POST, &format!("/addressbooks/{book}/emails"))
+            .json(&json!({"emails": ["ann@example.com", "bob@example.com"]})),
+    )
+    .await;
+    assert_eq!(
+        send(sp.req(Method::GET, "/blacklist")).await,
+        (200, json!([]))
+    );
+    let (status, done) = send(
+        sp.req(Method::POST, "/blacklist")
+            .json(&json!({"emails": b64("Ann@example.com, bob@example.com"), "comment": "asked"})),
+    )
+    .await;
+    assert_eq!((status, done), (200, json!({"result": true})));
+    assert_eq!(
+        send(sp.req(Method::GET, "/blacklist")).await,
+        (200, json!(["Ann@example.com", "bob@example.com"]))
+    );
+    // The list is matched without case; its campaign stats say so.
+    let (_, stats) = send(sp.req(Method::GET, "/emails/ann@example.com/campaigns")).await;
+    assert_eq!(stats["blacklist"], true);
+    let (status, done) = send(
+        sp.req(Method::DELETE, "/blacklist")
+            .json(&json!({"emails": b64("ann@example.com")})),
+    )
+    .await;
+    assert_eq!((status, done), (200, json!({"result": true})));
+    assert_eq!(sp.emu.blacklist(), vec!["bob@example.com".to_string()]);
+    let (_, stats) = send(sp.req(Method::GET, "/emails/ann@example.com/campaigns")).await;
+    assert_eq!(stats["blacklist"], false);
+    // A plain list (not base64), a bad address, nothing at all.
+    for (body, want) in [
+        (
+            json!({"emails": "ann@example.com"}),
+            json!({"message": "Argument emails must be the base64 of a comma-separated list", "error_code": 422}),
+        ),
+        (
+            json!({"emails": ["ann@example.com"]}),
+            json!({"message": "Argument emails must be string", "error_code": 422}),
+        ),
+        (
+            json!({"emails": b64("ann@example.com,not-an-email")}),
+            json!({"message": "Email syntax error: not-an-email", "error_code": 906}),
+        ),
+        (
+            json!({"emails": b64(" , ")}),
+            json!({"message": "No emails", "error_code": 303}),
+        ),
+        (
+            json!({}),
+            json!({"message": "Argument emails missing", "error_code": 422}),
+        ),
+    ] {
+        assert_eq!(
+            send(sp.req(Method::POST, "/blacklist").json(&body)).await,
+            (422, want),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sendpulse_subscriber_phone_change() {
+    let sp = Sp::start(sp_config()).await;
+    let book = sp.emu.insert_book("News");
+    send(
+        sp.req(Method::POST, &format!("/addressbooks/{book}/emails"))
+            .json(&json!({"emails": ["ann@example.com"]})),
+    )
+    .await;
+    let put = |book: i64, body: Value| {
+        sp.req(Method::PUT, &format!("/addressbooks/{book}/phone"))
+            .json(&body)
+    };
+    let (status, done) = send(put(
+        book,
+        json!({"email": "ANN@example.com", "phone": "+380 50 123-45-67"}),
+    ))
+    .await;
+    assert_eq!((status, done), (200, json!({"result": true})));
+    let (_, sub) = send(sp.req(
+        Method::GET,
+        &format!("/addressbooks/{book}/emails/ann@example.com"),
+    ))
+    .await;
+    assert_eq!(sub["phone"], "+380 50 123-45-67");
+    for (book, body, want) in [
+        (
+            book,
+            json!({"email": "ann@example.com", "phone": "call me"}),
+            (
+                422,
+                json!({"message": "Phone is not valid", "error_code": 422}),
+            ),
+        ),
+        (
+            book,
+            json!({"email": "nope", "phone": "+380501234567"}),
+            (
+                422,
+                json!({"message": "Email is not valid", "error_code": 422}),
+            ),
+        ),
+        (
+            book,
+            json!({"email": "bob@example.com", "phone": "+380501234567"}),
+            (
+                422,
+                json!({"message": "Email address not found", "error_code": 502}),
+            ),
+        ),
+        (
+            book,
+            json!({"email": "ann@example.com"}),
+            (
+                422,
+                json!({"message": "Argument phone missing", "error_code": 422}),
+            ),
+        ),
+        (
+            book + 1,
+            json!({"email": "ann@example.com", "phone": "+380501234567"}),
+            (404, json!({"message": "Book not found", "error_code": 213})),
+        ),
+    ] {
+        assert_eq!(send(put(book, body.clone())).await, want, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn sendpulse_crm_messengers_and_contact_deals() {
+    let sp = Sp::start(sp_config()).await;
+    let cid = sp.emu.insert_crm_contact(json!({"firstName": "Ann"}));
+    let contact = format!("/crm/v1/contacts/{cid}");
+    let add = |body: Value| {
+        sp.req(Method::POST, &format!("{contact}/messengers"))
+            .json(&body)
+    };
+    let (status, tg) = send(add(
+        json!({"typeId": 1, "login": "ann", "isMainChatbot": true}),
+    ))
+    .await;
+    assert_eq!(status, 200, "{tg}");
+    let tg_id = tg["data"]["id"].as_i64().unwrap();
+    assert_eq!(
+        tg["data"],
+        json!({"id": tg_id, "typeId": 1, "login": "ann", "botId": null, "contactId": null,
+               "status": 1, "chatbotUrl": null, "isMainChatbot": true})
+    );
+    let (_, wa) = send(add(json!({"typeId": 5, "login": "+380501234567"}))).await;
+    let wa_id = wa["data"]["id"].as_i64().unwrap();
+    assert_eq!(wa["data"]["isMainChatbot"], false);
+    // Making WhatsApp the main chatbot takes it from Telegram.
+    let (status, upd) = send(
+        sp.req(Method::PUT, &format!("{contact}/messengers/{wa_id}"))
+            .json(&json!({"typeId": 5, "login": "+380509999999", "isMainChatbot": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upd["data"]["login"], "+380509999999");
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    let main: Vec<bool> = got["data"]["messengers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["isMainChatbot"] == true)
+        .collect();
+    assert_eq!(main, vec![false, true]);
+    // `typeId` and `login` are required on edits too; types are the five.
+    for (body, field) in [
+        (json!({"login": "ann"}), "typeId"),
+        (json!({"typeId": 3, "login": "ann"}), "typeId"),
+        (json!({"typeId": 1, "login": " "}), "login"),
+    ] {
+        let (status, e) = send(
+            sp.req(Method::PUT, &format!("{contact}/messengers/{tg_id}"))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(e["errors"].get(field).is_some(), "{body}: {e}");
+    }
+    let del = |id: i64| sp.req(Method::DELETE, &format!("{contact}/messengers/{id}"));
+    assert_eq!(del(tg_id).send().await.unwrap().status().as_u16(), 204);
+    assert_eq!(del(tg_id).send().await.unwrap().status().as_u16(), 404);
+    let (_, got) = send(sp.req(Method::GET, &contact)).await;
+    assert_eq!(got["data"]["messengers"].as_array().unwrap().len(), 1);
+
+    // Deals: the list envelope with `meta`, and the contact's count.
+    let (status, none) = send(sp.req(Method::GET, &format!("{contact}/deals"))).await;
+    assert_eq!(
+        (status, none),
+        (200, json!({"data": [], "meta": {"total": 0}}))
+    );
+    let other = sp.emu.insert_crm_contact(json!({"firstName": "Bob"}));
+    let deal = sp
+        .emu
+        .insert_crm_deal(&[cid, other], json!({"name": "Pricing", "price": 1200}));
+    sp.emu.insert_crm_deal(&[other], json!({}));
+    let (status, deals) = send(sp.req(Method::GET, &format!("{contact}/deals"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(deals["meta"], json!({"total": 1}));
+    assert_eq!(
+        (
+            deals["data"][0]["id"].clone(),
+            deals["data"][0]["name"].clone(),
+            deals["data"][0]["pipelineId"].clone()
+        ),
+        (json!(deal), json!("Pricing"), json!(1))
+    );
+    let (_, got) = send(sp.req(Method::GET, &format!("/crm/v1/contacts/{other}"))).await;
+    assert_eq!(got["data"]["dealsQty"], 2);
+    assert_eq!(
+        send(sp.req(Method::GET, "/crm/v1/contacts/999/deals")).await,
+        (
+            404,
+            json!({"data": {"code": 404, "message": "Record not found"}})
+        )
     );
 }
 

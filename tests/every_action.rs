@@ -15,10 +15,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use patchbay::catalog::{Catalog, InputDef, InputLocation, OpKind, OpRef, RateWindow, ValueType};
+use patchbay::catalog::{
+    Catalog, Encoding, InputDef, InputLocation, OpKind, OpRef, RateWindow, ValueType,
+};
 use patchbay::connections::{FieldValue, ResolvedConnection};
 use patchbay::connectors::native::MemoryStore;
-use patchbay::connectors::request::complete_input;
+use patchbay::connectors::request::{complete_input, wire_value};
 use patchbay::connectors::Runtime;
 use patchbay::emulator::sendpulse::{MANAGER_ID, OWNER_ID};
 use patchbay::emulator::{ghl, sendpulse, Recorded};
@@ -53,6 +55,7 @@ const EMPTY_ANSWER: &[&str] = &[
     "sendpulse.crm.contacts.delete_attribute",
     "sendpulse.crm.contacts.delete_phone",
     "sendpulse.crm.contacts.delete_email",
+    "sendpulse.crm.contacts.delete_messenger",
     "sendpulse.crm.tasks.detach_contact",
 ];
 
@@ -70,6 +73,9 @@ const SUB2: &str = "jane+news@example.com";
 const SUB3: &str = "plain@example.com";
 /// A variable value with a `/`: a path segment only when percent-encoded.
 const CITY: &str = "Kyiv/Podil";
+/// Blacklisted by `sendpulse.blacklist.add`; the second is taken off again
+/// by `sendpulse.blacklist.remove`.
+const BLOCKED: [&str; 2] = ["spam-trap@example.com", "olena@example.com"];
 
 fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> ResolvedConnection {
     ResolvedConnection {
@@ -97,6 +103,7 @@ fn conn(name: &str, connector: &str, fields: &[(&str, String, bool)]) -> Resolve
 /// Ids the inputs refer to: seeded records and records created by earlier
 /// actions (by the creating operation's id).
 struct Fixtures {
+    ghl_location: String,
     ghl_contact: String,
     v1_contact: String,
     book: i64,
@@ -155,6 +162,7 @@ impl Fixtures {
             ("ghl_v1.contacts.lookup", "email") => json!(V1_EMAIL),
             ("ghl_v1.contacts.lookup", "phone") => json!(V1_PHONE),
             ("ghl.tasks.complete", "completed") => json!(true),
+            ("ghl.oauth.location_token", "locationId") => json!(self.ghl_location),
             ("ghl_v1.tasks.status", "status") => json!("completed"),
             ("sendpulse.subscribers.add", "emails") => json!([
                 {"email": SUB1, "variables": {"city": CITY}},
@@ -186,6 +194,9 @@ impl Fixtures {
             ("sendpulse.crm.contacts.update_email", "email") => json!("jane.doe@example.com"),
             ("sendpulse.crm.attributes.create", "name") => json!("Favourite colour"),
             ("sendpulse.crm.attributes.update", "name") => json!("Colour"),
+            ("sendpulse.blacklist.add", "emails") => json!(BLOCKED),
+            ("sendpulse.blacklist.add", "comment") => json!("Asked not to be mailed"),
+            ("sendpulse.blacklist.remove", "emails") => json!([BLOCKED[1]]),
             ("sendpulse.crm.contacts.set_attributes", "attributes") => json!([
                 {"attributeId": self.created("sendpulse.crm.attributes.create"), "value": "teal"}
             ]),
@@ -263,6 +274,10 @@ impl Fixtures {
                     "attributeId" => self.created("sendpulse.crm.attributes.create"),
                     "phoneId" => self.created("sendpulse.crm.contacts.add_phone"),
                     "emailId" => self.created("sendpulse.crm.contacts.add_emails"),
+                    "messengerId" => self.created("sendpulse.crm.contacts.add_messenger"),
+                    "typeId" => json!(1),
+                    "login" => json!(format!("jane_doe_{n}")),
+                    "isMainChatbot" => json!(true),
                     "isMain" => json!(true),
                     "url" => json!("https://hooks.example.com/sp"),
                     "type" => json!(1),
@@ -317,12 +332,12 @@ fn phase(op: &OpRef) -> u8 {
     let name = op.name();
     match name.rsplit('.').next().unwrap_or(name) {
         "create" | "upsert" => 0,
-        "add" | "add_emails" | "add_phone" | "attach" | "comment" | "bulk_business"
-        | "bulk_update" | "set_attribute" | "set_attributes" => 1,
+        "add" | "add_emails" | "add_phone" | "add_messenger" | "attach" | "comment"
+        | "bulk_business" | "bulk_update" | "set_attribute" | "set_attributes" => 1,
         "update" | "rename" | "complete" | "status" | "update_variables" | "update_attribute"
-        | "update_phone" | "update_email" | "update_comment" | "set_url" => 3,
+        | "update_phone" | "update_email" | "update_messenger" | "update_comment" | "set_url" => 3,
         "remove" | "remove_all" | "unsubscribe" | "detach" | "detach_contact" => 4,
-        "delete_attribute" | "delete_phone" | "delete_email" => 5,
+        "delete_attribute" | "delete_phone" | "delete_email" | "delete_messenger" => 5,
         // Definitions go after the values that use them.
         "delete"
             if [
@@ -369,7 +384,14 @@ fn check_request(op: &OpRef, input: &Map<String, Value>, rec: &Recorded) {
             InputLocation::Query => {
                 assert_eq!(rec.query_param(wire), Some(text(v)), "{id}: query `{wire}`")
             }
-            InputLocation::Body => assert_eq!(rec.body.get(wire), Some(v), "{id}: body `{wire}`"),
+            InputLocation::Body => {
+                // Sent in its wire form (`encode`), and as text in a form body.
+                let mut want = wire_value(spec, v).unwrap();
+                if def.body_encoding == Encoding::Form && !want.is_string() {
+                    want = json!(text(&want));
+                }
+                assert_eq!(rec.body.get(wire), Some(&want), "{id}: body `{wire}`")
+            }
             InputLocation::BodyRoot => assert_eq!(&rec.body, v, "{id}: body"),
             InputLocation::Header => {
                 assert_eq!(
@@ -441,7 +463,7 @@ fn check_output(op: &OpRef, input: &Map<String, Value>, out: &Value) {
         assert!(!empty, "{id}: the read found nothing");
     }
     match op.name().rsplit('.').next().unwrap_or_default() {
-        "create" | "upsert" | "comment" | "add_phone" => {
+        "create" | "upsert" | "comment" | "add_phone" | "add_messenger" => {
             // Webhooks are created one per action: a list of records.
             let record = out.get(0).unwrap_or(out);
             assert!(
@@ -490,6 +512,17 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
                 ("location_id", gc.location_id.clone(), false),
             ],
         ),
+        // The agency's connection, for minting location tokens.
+        conn(
+            "ghl-agency",
+            "ghl",
+            &[
+                ("base_url", g.base_url(), false),
+                ("token", gc.agency_token.clone(), true),
+                ("location_id", gc.location_id.clone(), false),
+                ("company_id", gc.company_id.clone(), false),
+            ],
+        ),
         conn(
             "ghl-v1",
             "ghl_v1",
@@ -512,6 +545,7 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
     let rt = Runtime::new(Catalog::builtin(), conns.clone(), store.clone(), store);
 
     let mut fx = Fixtures {
+        ghl_location: gc.location_id.clone(),
         ghl_contact: g.insert_contact(json!({
             "email": GHL_EMAIL, "phone": GHL_PHONE, "firstName": "Ada", "lastName": "Lovelace",
         })),
@@ -523,6 +557,8 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         created: HashMap::new(),
         n: 0,
     };
+    // The deal `sendpulse.crm.contacts.deals` finds (deals are not in the catalog).
+    s.insert_crm_deal(&[fx.crm_contact], json!({"name": "Pricing", "price": 1200}));
 
     let cat = Catalog::builtin();
     let mut ops: Vec<OpRef> = cat
@@ -546,10 +582,16 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         } else {
             g.emulator()
         };
-        let conn = conns.iter().find(|c| c.connector == connector).unwrap();
+        let name = match (id.as_str(), connector) {
+            ("ghl.oauth.location_token", _) => "ghl-agency",
+            (_, "ghl") => "ghl-main",
+            (_, "ghl_v1") => "ghl-v1",
+            _ => "sendpulse-main",
+        };
+        let conn = conns.iter().find(|c| c.name == name).unwrap();
         let input = fx.input(op);
         emu.control().clear_requests();
-        let out = match rt.call(op, None, &input, None).await {
+        let out = match rt.call(op, Some(name), &input, None).await {
             Ok(out) => out.output,
             Err(f) => panic!("{id} failed: {:?}\ninput: {input:?}", f.error),
         };
@@ -558,7 +600,7 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         let recs: Vec<Recorded> = emu
             .requests()
             .into_iter()
-            .filter(|r| !r.path.starts_with("/oauth/"))
+            .filter(|r| !["/oauth/token", "/oauth/access_token"].contains(&r.path.as_str()))
             .collect();
         assert_eq!(recs.len(), 1, "{id}: one API request expected: {recs:?}");
         let full = complete_input(op, Some(conn), &input).unwrap();
@@ -566,7 +608,13 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
         check_output(op, &full, &out);
         // Created records, for the actions that address them later; a
         // list answer (emails added) gives its first record.
-        let creates = ["create", "comment", "add_phone", "add_emails"];
+        let creates = [
+            "create",
+            "comment",
+            "add_phone",
+            "add_emails",
+            "add_messenger",
+        ];
         let last = op.name().rsplit('.').next().unwrap_or_default();
         let record = out
             .get("id")
@@ -586,6 +634,9 @@ async fn every_http_action_reaches_its_emulator_and_yields_its_output() {
             "no `{c}` actions"
         );
     }
+    // What the actions left behind: the blacklist holds what was added and
+    // not removed.
+    assert_eq!(s.blacklist(), vec![BLOCKED[0].to_string()]);
     eprintln!(
         "{} HTTP actions exercised ({} skipped as known runtime bugs) in {:?}",
         covered.len() - KNOWN_RUNTIME_BUGS.len(),

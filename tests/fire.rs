@@ -78,9 +78,15 @@ impl World {
         event: &Path,
         extra: &[&str],
     ) -> Output {
+        // A bundled recipe by name, or a recipe file by path.
+        let recipe = if recipe.ends_with(".yaml") {
+            recipe.to_string()
+        } else {
+            format!("recipes/{recipe}.yaml")
+        };
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patchbay"));
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["fire", &format!("recipes/{recipe}.yaml"), "--event"])
+            .args(["fire", &recipe, "--event"])
             .arg(event)
             .arg("--connections")
             .arg(connections)
@@ -253,6 +259,63 @@ async fn dry_run_prints_requests_sends_none_and_redacts_secrets() {
     assert!(out.contains("authorization: ***"), "{out}");
     assert!(w.ghl.requests().is_empty(), "a dry run sent requests");
     assert!(w.sp.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_body_is_printed_by_a_dry_run_as_it_is_sent() {
+    let w = world("form").await;
+    let cfg = w.ghl.config().clone();
+    std::fs::write(w.dir.join("agency-token"), &cfg.agency_token).unwrap();
+    let conns = w.dir.join("agency.yaml");
+    std::fs::write(
+        &conns,
+        format!(
+            "ghl-agency:\n  connector: ghl\n  base_url: {}\n  token: {{ file: {} }}\n  location_id: {}\n  company_id: {}\n",
+            w.ghl.base_url(),
+            w.dir.join("agency-token").display(),
+            cfg.location_id,
+            cfg.company_id,
+        ),
+    )
+    .unwrap();
+    let recipe = w.dir.join("mint.yaml");
+    std::fs::write(
+        &recipe,
+        "recipe: mint\ntrigger: { on: ghl.contact.created, connection: ghl-agency }\nsteps:\n  - id: token\n    action: ghl.oauth.location_token\n    with: { locationId: \"{{ event.locationId }}\" }\n",
+    )
+    .unwrap();
+    let ev = w.event(
+        "contact.json",
+        json!({"type": "ContactCreate", "locationId": cfg.location_id, "id": "c1"}),
+    );
+    let recipe = recipe.to_str().unwrap();
+    let o = w.fire_with(&conns, recipe, &ev, &["--dry-run"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let wire = format!(
+        "companyId={}&locationId={}",
+        cfg.company_id, cfg.location_id
+    );
+    assert!(
+        out.contains("content-type: application/x-www-form-urlencoded") && out.contains(&wire),
+        "{out}"
+    );
+    assert!(!out.contains(&cfg.agency_token), "{out}");
+    assert!(w.ghl.requests().is_empty(), "a dry run sent requests");
+    // Sent for real, the emulator reads the same fields from a form body.
+    let o = w.fire_with(&conns, recipe, &ev, &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let sent = w.ghl.requests();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        sent[0].body,
+        json!({"companyId": cfg.company_id, "locationId": cfg.location_id})
+    );
+    assert_eq!(sent[0].status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

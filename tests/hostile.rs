@@ -256,6 +256,109 @@ async fn rejected_deliveries_are_counted_and_only_a_sample_reaches_the_store() {
     }
 }
 
+/// Signs like HighLevel's legacy `x-wh-signature`: RSA PKCS#1 v1.5 with
+/// SHA-256 over the raw body, base64, with the test key in `tests/keys/`.
+fn legacy_signature(body: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pem: String = include_str!("keys/ghl-legacy-webhook.key.pem")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let key = ring::signature::RsaKeyPair::from_pkcs8(&b64.decode(pem).unwrap()).unwrap();
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        body.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    b64.encode(sig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_highlevel_signature_is_taken_with_a_warning_and_a_tampered_one_is_not() {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[11u8; 32]);
+    let spki = base64::engine::general_purpose::STANDARD
+        .encode(ed.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let rsa = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/ghl-legacy-webhook.pub.pem");
+    let conns = format!(
+        "ghl-main:\n  connector: ghl\n  token: {{ env: GHL_TOKEN }}\n  location_id: loc1\n  webhook_public_key: {spki}\n  webhook_rsa_public_key: {{ file: {} }}\n",
+        rsa.display()
+    );
+    let recipe = "recipe: ghl-keep\ntrigger: { on: ghl.contact.created }\nsteps:\n  - id: keep\n    action: store.put\n    with: { key: \"{{ event.id }}\", value: \"{{ event.email }}\" }\n";
+    let e = Engine::start(
+        "legacy-sig",
+        &conns,
+        &[("ghl.yaml", recipe)],
+        &[("GHL_TOKEN", "x")],
+    )
+    .await;
+    let body = |id: &str| {
+        json!({"type": "ContactCreate", "locationId": "loc1", "id": id, "email": format!("{id}@example.com"),
+               "timestamp": chrono::Utc::now().to_rfc3339(), "webhookId": format!("wh-{id}")})
+        .to_string()
+    };
+    let send = |body: String, sig: String| {
+        let url = e.url("/hooks/ghl-main");
+        async move {
+            let r = client()
+                .post(url)
+                .header("x-wh-signature", sig)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    for id in ["c1", "c2"] {
+        let b = body(id);
+        let (st, r) = send(b.clone(), legacy_signature(&b)).await;
+        assert_eq!((st, r["runs"].as_u64()), (200, Some(1)), "{r}");
+    }
+    // Changed after signing: refused, and nothing is taken.
+    let signed = body("c3");
+    let tampered = signed.replace("c3@example.com", "evil@example.com");
+    let (st, r) = send(tampered, legacy_signature(&signed)).await;
+    assert_eq!(
+        (st, r["error"].as_str()),
+        (
+            401,
+            Some("RSA signature in the legacy `x-wh-signature` does not match the body")
+        ),
+        "{r}"
+    );
+    let m = e.metrics().await;
+    assert!(
+        m.contains("patchbay_webhook_legacy_signatures_total{connection=\"ghl-main\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("patchbay_webhook_rejected_total{reason=\"unauthorized\"} 1"),
+        "{m}"
+    );
+    // One warning for the connection, not one per delivery.
+    let logs = std::fs::read_to_string(e.dir.join("stdout.log")).unwrap()
+        + &std::fs::read_to_string(e.dir.join("stderr.log")).unwrap();
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains("accepted on the deprecated `x-wh-signature` signature"))
+        .count();
+    assert_eq!(warnings, 1, "{logs}");
+    let out = bin()
+        .args(["runs", "--json", "--store", &e.store()])
+        .output()
+        .unwrap();
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(runs.len(), 2, "{runs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_file_and_its_wal_and_shm_are_owner_only() {
     let e = Engine::start("mode", "", &[], &[]).await;

@@ -84,8 +84,13 @@ pub fn markdown(catalog: &Catalog) -> String {
                     s.push_str("| operation | request | inputs (required in bold) | output |\n|---|---|---|---|\n");
                     for op in of_kind {
                         let d = op.def();
+                        let form = if d.body_encoding == super::Encoding::Form {
+                            " (form body)"
+                        } else {
+                            ""
+                        };
                         let req = match (&d.method, &d.path, &d.native) {
-                            (Some(m), Some(p), _) => format!("`{} {p}`", m.as_str()),
+                            (Some(m), Some(p), _) => format!("`{} {p}`{form}", m.as_str()),
                             (_, _, Some(n)) => format!("built in (`{n}`)"),
                             _ => String::new(),
                         };
@@ -106,7 +111,11 @@ pub fn markdown(catalog: &Catalog) -> String {
                                     InputLocation::Header => " (header)",
                                     _ => "",
                                 };
-                                format!("{name}{loc}")
+                                let enc = i
+                                    .encode
+                                    .map(|e| format!(" (sent as `{}`)", e.as_str()))
+                                    .unwrap_or_default();
+                                format!("{name}{loc}{enc}")
                             })
                             .collect();
                         let _ = writeln!(

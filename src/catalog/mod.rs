@@ -404,11 +404,20 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
             WebhookVerify::Ed25519 {
                 public_key,
                 max_age,
+                legacy,
                 ..
             } => {
                 fields_used.push((public_key, "/webhook/verify/public_key".into()));
                 if let Err(e) = parse_duration(max_age) {
                     err("/webhook/verify/max_age", e.to_string());
+                }
+                if let Some(l) = legacy {
+                    fields_used.push((&l.public_key, "/webhook/verify/legacy/public_key".into()));
+                    if let Some(pem) = &l.default_public_key {
+                        if let Err(e) = crate::server::verify::rsa_public_key(pem) {
+                            err("/webhook/verify/legacy/default_public_key", e);
+                        }
+                    }
                 }
             }
             WebhookVerify::Hmac { secret, .. } => {
@@ -551,6 +560,36 @@ fn check_connector(file: &str, root: &yaml::Node, def: &ConnectorDef) -> Vec<Dia
                     );
                 }
             }
+            if let Some(e) = i.encode {
+                if i.ty != ValueType::Array {
+                    err(
+                        &format!("{at}/encode"),
+                        format!(
+                            "`encode: {}` takes a list: `{input}` must be `type: array`",
+                            e.as_str()
+                        ),
+                    );
+                }
+            }
+            if op.body_encoding == Encoding::Form && i.encode.is_none() {
+                match (i.location, i.ty) {
+                    (InputLocation::BodyRoot, _) => err(
+                        &format!("{at}/in"),
+                        format!("a form body has named fields: `{input}` cannot be `in: body_root` with `body_encoding: form`"),
+                    ),
+                    (InputLocation::Body, ValueType::Object) => err(
+                        &format!("{at}/type"),
+                        format!("a form field takes text, numbers, booleans or lists of them: `{input}` cannot be an object with `body_encoding: form`"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        if op.body_encoding == Encoding::Form && op.method.is_none() {
+            err(
+                &format!("{base}/body_encoding"),
+                format!("`body_encoding` applies to HTTP operations; `{name}` has no `method`"),
+            );
         }
         if let Some(out) = &op.output {
             if let Err(e) = jsonpath::compile(out) {
@@ -670,6 +709,24 @@ mod tests {
             d[0].message
         );
         assert_eq!(d[0].line, 7);
+    }
+
+    #[test]
+    fn form_bodies_and_value_encodings_are_checked() {
+        let text = "connector: x\ntitle: X\noperations:\n  a.b:\n    title: A\n    method: POST\n    path: /a\n    body_encoding: form\n    inputs:\n      whole: { type: object, in: body_root }\n      nested: { type: object }\n      csv: { type: string, encode: base64_comma_list }\n      ok: { type: array }\n";
+        let d = parse_connector("x.yaml", text).unwrap_err();
+        let lines: Vec<String> = d.iter().map(Diagnostic::one_line).collect();
+        assert_eq!(d.len(), 3, "{lines:#?}");
+        for (at, says) in [
+            ("x.yaml:10:34:", "`in: body_root`"),
+            ("x.yaml:11:23:", "cannot be an object"),
+            ("x.yaml:12:36:", "must be `type: array`"),
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(at) && l.contains(says)),
+                "{at} {says}: {lines:#?}"
+            );
+        }
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub struct OAuthRefresh {
     pub client_secret: String,
 }
 
-/// Body encoding of token requests.
+/// Body encoding of token requests and operations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
@@ -218,6 +218,13 @@ pub enum Encoding {
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
+}
+
+impl Encoding {
+    /// Whether this is the default, JSON (left out when serialized).
+    pub fn is_json(&self) -> bool {
+        *self == Encoding::Json
+    }
 }
 
 /// One rate-limit window.
@@ -422,6 +429,11 @@ pub enum WebhookVerify {
         id_field: String,
         /// Maximum age, e.g. `5m`.
         max_age: String,
+        /// A deprecated RSA signature accepted when a delivery carries no
+        /// `header` (HighLevel's `x-wh-signature`); the same timestamp and
+        /// id checks apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        legacy: Option<LegacyRsa>,
     },
     /// HMAC-SHA256 of the raw body in a header, hex or `sha256=` hex.
     Hmac {
@@ -438,6 +450,21 @@ pub enum WebhookVerify {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_age: Option<String>,
     },
+}
+
+/// A deprecated RSA PKCS#1 v1.5 SHA-256 signature of the raw body.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyRsa {
+    /// Header with the base64 signature (`x-wh-signature`).
+    pub header: String,
+    /// Connection field with the RSA public key (PEM, or base64 DER); the
+    /// connection may leave it unset to use `default_public_key`.
+    pub public_key: String,
+    /// The public key (PEM) used when the connection sets none: the one the
+    /// sender publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_public_key: Option<String>,
 }
 
 /// What an operation is.
@@ -513,6 +540,11 @@ pub struct OperationDef {
     /// Inputs by name, in declaration order.
     #[serde(default)]
     pub inputs: IndexMap<String, InputDef>,
+    /// How the body inputs are sent: a JSON object (the default) or
+    /// `form`, `application/x-www-form-urlencoded` fields (scalars, or lists
+    /// of scalars as repeated fields).
+    #[serde(default, skip_serializing_if = "Encoding::is_json")]
+    pub body_encoding: Encoding,
     /// JSONPath of the step output in the response body; `$` when absent.
     #[serde(default)]
     pub output: Option<String>,
@@ -633,9 +665,32 @@ pub struct InputDef {
     /// Null is an accepted value.
     #[serde(default)]
     pub nullable: bool,
+    /// How the value is written on the wire when the API wants another form
+    /// than the one recipes give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode: Option<ValueEncoding>,
     /// What it is.
     #[serde(default)]
     pub description: String,
+}
+
+/// Wire forms of an input's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueEncoding {
+    /// A list of strings sent as one string: the base64 of the items joined
+    /// with commas (SendPulse's blacklist `emails`). An item may not
+    /// contain a comma.
+    Base64CommaList,
+}
+
+impl ValueEncoding {
+    /// The name in connector files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueEncoding::Base64CommaList => "base64_comma_list",
+        }
+    }
 }
 
 /// One payload field of a trigger.

@@ -507,7 +507,9 @@ impl<'a> Importer<'a> {
             }
         }
         if let Some(body) = op.get("requestBody") {
-            self.body(body, &at, &mut inputs);
+            if self.body(body, &at, &mut inputs) {
+                def.insert("body_encoding".into(), json!("form"));
+            }
         }
 
         let (success, response) = self.success(op, &at);
@@ -566,9 +568,11 @@ impl<'a> Importer<'a> {
         }
     }
 
-    fn body(&mut self, body: &Value, at: &str, inputs: &mut Vec<(String, Input)>) {
+    /// The body's inputs; true when they go as form fields (a body only
+    /// declared `application/x-www-form-urlencoded`).
+    fn body(&mut self, body: &Value, at: &str, inputs: &mut Vec<(String, Input)>) -> bool {
         if self.external_ref(body, at) {
-            return;
+            return false;
         }
         let body = self.resolve(body).clone();
         let content = body
@@ -580,15 +584,28 @@ impl<'a> Importer<'a> {
             .keys()
             .find(|k| *k == "application/json" || k.ends_with("+json"))
             .cloned();
-        for k in content.keys().filter(|k| Some(*k) != json_type.as_ref()) {
-            self.note(format!(
-                "{at}: request body as `{k}` is not supported (bodies are JSON)"
-            ));
+        let form_type = content
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            .cloned();
+        let form = json_type.is_none() && form_type.is_some();
+        let chosen = json_type.or(form_type);
+        for k in content.keys().filter(|k| Some(*k) != chosen.as_ref()) {
+            let msg = if k.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+                format!(
+                    "{at}: the request body is also declared as `{k}`; the JSON one is imported"
+                )
+            } else {
+                format!(
+                    "{at}: request body as `{k}` is not supported (bodies are JSON or form fields)"
+                )
+            };
+            self.note(msg);
         }
-        let Some(ct) = json_type else { return };
+        let Some(ct) = chosen else { return false };
         let schema = content[&ct].get("schema").cloned().unwrap_or(json!({}));
         if self.external_ref(&schema, at) {
-            return;
+            return false;
         }
         let schema = self.resolve(&schema).clone();
         let body_required = body.get("required") == Some(&json!(true));
@@ -608,6 +625,16 @@ impl<'a> Importer<'a> {
             }
             schema = json!({"type": "object", "properties": props, "required": req});
         }
+        if form
+            && (schema.get("properties").is_none()
+                || schema.get("oneOf").is_some()
+                || schema.get("anyOf").is_some())
+        {
+            self.note(format!(
+                "{at}: the form body has no one set of named fields; not imported"
+            ));
+            return false;
+        }
         if schema.get("oneOf").is_some() || schema.get("anyOf").is_some() {
             self.note(format!("{at}: the request body is one of several shapes; written as one `body` input (in: body_root)"));
             let input = Input {
@@ -620,7 +647,7 @@ impl<'a> Importer<'a> {
                 description: String::new(),
             };
             add_input(inputs, "body", input, at, &mut self.unmapped);
-            return;
+            return false;
         }
         match schema.get("properties").and_then(Value::as_object) {
             Some(props) => {
@@ -637,6 +664,10 @@ impl<'a> Importer<'a> {
                     }
                     let prop = self.resolve(prop).clone();
                     let mut input = self.input(&prop, "body");
+                    if form && input.ty == "object" {
+                        self.note(format!("{at}: form field `{name}` is an object, which a form cannot carry; not imported"));
+                        continue;
+                    }
                     input.required = body_required && required.contains(&name.as_str());
                     add_input(inputs, name, input, at, &mut self.unmapped);
                 }
@@ -663,6 +694,7 @@ impl<'a> Importer<'a> {
                 add_input(inputs, "body", input, at, &mut self.unmapped);
             }
         }
+        form
     }
 
     /// The first 2xx status and its JSON schema.
@@ -1028,6 +1060,7 @@ const KEY_ORDER: &[&str] = &[
     "encoding",
     "client_id",
     "client_secret",
+    "body_encoding",
     "inputs",
     "output",
     "pagination",

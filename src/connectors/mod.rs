@@ -694,8 +694,13 @@ impl Runtime {
         if let Some((k, v)) = auth {
             req = req.header(k, v.expose());
         }
-        if let Some(b) = &p.body {
-            req = req.json(b);
+        match (&p.body, p.encoding) {
+            (Some(b), crate::catalog::Encoding::Json) => req = req.json(b),
+            // The content type is among the prepared headers.
+            (Some(_), crate::catalog::Encoding::Form) => {
+                req = req.body(p.body_text().unwrap_or_default())
+            }
+            (None, _) => {}
         }
         let sent = tokio::time::Instant::now();
         let resp = req.send().await.map_err(|e| transport_error(&e))?;
@@ -1006,6 +1011,7 @@ fn http_prepared(conn: Option<&Conn>, input: &Map<String, Value>) -> Prepared {
         query: pairs(input.get("query")),
         headers: pairs(input.get("headers")),
         body: input.get("body").cloned().filter(|b| !b.is_null()),
+        encoding: crate::catalog::Encoding::Json,
         authenticated: conn.is_some_and(|c| {
             ["bearer_token", "api_key", "username"]
                 .iter()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::errors::StepError;
-use crate::catalog::{ErrorKind, InputLocation, Method, OpRef};
+use crate::catalog::{Encoding, ErrorKind, InputDef, InputLocation, Method, OpRef, ValueEncoding};
 use crate::connections::ResolvedConnection;
 
 /// Characters escaped in a path segment: all but RFC 3986 unreserved.
@@ -17,6 +17,17 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// Characters escaped in `application/x-www-form-urlencoded` (the WHATWG
+/// URL standard's set; an escaped space then becomes `+`).
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// The content type of form bodies.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// A request ready to send (and to print in a dry run).
 #[derive(Debug, Clone, Serialize)]
@@ -29,8 +40,12 @@ pub struct Prepared {
     pub query: Vec<(String, String)>,
     /// Headers from the catalog and header inputs (auth is added on send).
     pub headers: Vec<(String, String)>,
-    /// JSON body.
+    /// The body: the JSON value sent, or for a form body an object of the
+    /// fields sent (text, or lists of text for repeated fields).
     pub body: Option<Value>,
+    /// How `body` is written: JSON (left out when serialized) or `form`.
+    #[serde(skip_serializing_if = "Encoding::is_json")]
+    pub encoding: Encoding,
     /// Whether the connection's credentials are added when it is sent.
     pub authenticated: bool,
 }
@@ -45,6 +60,98 @@ impl Prepared {
             }
         }
         self
+    }
+
+    /// The body as it goes on the wire: JSON text, or the form-encoded
+    /// fields (`a=1&b=x+y`, by name). Live requests and dry runs both use
+    /// this.
+    pub fn body_text(&self) -> Option<String> {
+        let body = self.body.as_ref()?;
+        Some(match self.encoding {
+            Encoding::Json => body.to_string(),
+            Encoding::Form => form_encode(body),
+        })
+    }
+}
+
+/// A form body's fields (an object of text or lists of text) encoded as
+/// `application/x-www-form-urlencoded`.
+fn form_encode(body: &Value) -> String {
+    let mut out = String::new();
+    let mut pair = |k: &str, v: &str| {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        // A literal `%20` was escaped to `%2520`: only spaces become `+`.
+        let enc = |s: &str| utf8_percent_encode(s, FORM).to_string().replace("%20", "+");
+        out.push_str(&enc(k));
+        out.push('=');
+        out.push_str(&enc(v));
+    };
+    if let Value::Object(m) = body {
+        for (k, v) in m {
+            match v {
+                Value::Array(items) => items.iter().for_each(|i| pair(k, &scalar_text(i))),
+                Value::Null => {}
+                v => pair(k, &scalar_text(v)),
+            }
+        }
+    }
+    out
+}
+
+/// An input's value as it goes on the wire: as given, or in the form its
+/// `encode` names. The error says why the value cannot be encoded.
+pub fn wire_value(spec: &InputDef, value: &Value) -> Result<Value, String> {
+    match (spec.encode, value) {
+        (None, v) | (Some(_), v @ Value::Null) => Ok(v.clone()),
+        (Some(ValueEncoding::Base64CommaList), Value::Array(items)) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::String(s) = item else {
+                    return Err(format!("every item must be a string, got {}", short(item)));
+                };
+                if s.contains(',') {
+                    return Err(format!(
+                        "item {} contains a comma, which would split it in two",
+                        short(item)
+                    ));
+                }
+                parts.push(s.as_str());
+            }
+            use base64::Engine as _;
+            Ok(Value::String(
+                base64::engine::general_purpose::STANDARD.encode(parts.join(",")),
+            ))
+        }
+        (Some(e), other) => Err(format!(
+            "`{}` takes a list, got {}",
+            e.as_str(),
+            short(other)
+        )),
+    }
+}
+
+/// A form field's value: text, or a list of text (repeated fields).
+fn form_value(value: &Value) -> Result<Value, String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Array(_) | Value::Object(_) => Err(format!(
+                    "a form field takes text, numbers, booleans or a list of them, got {}",
+                    short(value)
+                )),
+                i => Ok(Value::String(scalar_text(i))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Value::Object(_) => Err(format!(
+            "a form field takes text, numbers, booleans or a list of them, got {}",
+            short(value)
+        )),
+        Value::Null => Ok(Value::Null),
+        v => Ok(Value::String(scalar_text(v))),
     }
 }
 
@@ -176,9 +283,18 @@ pub fn prepare(
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
     let mut body: Option<Value> = None;
+    let form = def.body_encoding == Encoding::Form;
     for (name, spec) in &def.inputs {
         let Some(value) = input.get(name) else {
             continue;
+        };
+        let encoded;
+        let value = if spec.encode.is_some() {
+            encoded =
+                wire_value(spec, value).map_err(|m| invalid(op, format!("input `{name}`: {m}")))?;
+            &encoded
+        } else {
+            value
         };
         let wire = spec.wire_name.clone().unwrap_or_else(|| name.clone());
         match spec.location {
@@ -198,10 +314,25 @@ pub fn prepare(
                 }
             }
             InputLocation::Body => {
+                let value = if form {
+                    match form_value(value) {
+                        Ok(Value::Null) => continue,
+                        Ok(v) => v,
+                        Err(m) => return Err(invalid(op, format!("input `{name}`: {m}"))),
+                    }
+                } else {
+                    value.clone()
+                };
                 let obj = body.get_or_insert_with(|| Value::Object(Map::new()));
                 if let Value::Object(m) = obj {
-                    m.insert(wire, value.clone());
+                    m.insert(wire, value);
                 }
+            }
+            InputLocation::BodyRoot if form => {
+                return Err(invalid(
+                    op,
+                    format!("input `{name}` is the whole body, which a form body cannot be"),
+                ))
             }
             InputLocation::BodyRoot => body = Some(value.clone()),
         }
@@ -210,12 +341,17 @@ pub fn prepare(
     if body.is_none() && matches!(method, Method::Post | Method::Put | Method::Patch) {
         body = Some(Value::Object(Map::new()));
     }
+    if form && body.is_some() {
+        headers.retain(|(k, _)| k != "content-type");
+        headers.push(("content-type".into(), FORM_CONTENT_TYPE.into()));
+    }
     Ok(Prepared {
         method: method.as_str(),
         url: format!("{}{url_path}", base_url.trim_end_matches('/')),
         query,
         headers,
         body,
+        encoding: def.body_encoding,
         authenticated: !matches!(op.connector().auth, crate::catalog::Auth::None),
     })
 }
@@ -308,6 +444,71 @@ mod tests {
         assert_eq!(e.message, "ghl.tasks.create: input `dueDate` is required");
         let e = complete_input(&op, None, &obj(json!({"nope": 1}))).unwrap_err();
         assert_eq!(e.message, "ghl.tasks.create: unknown input `nope`");
+    }
+
+    fn form_catalog() -> Catalog {
+        let text = "connector: f\ntitle: F\noperations:\n  t.post:\n    title: T\n    method: POST\n    path: /t\n    body_encoding: form\n    inputs:\n      a: { type: string }\n      n: { type: integer }\n      tags: { type: array }\n      gone: { type: string, nullable: true }\n      meta: { type: any }\n      csv: { type: array, encode: base64_comma_list }\n";
+        Catalog::builtin().with_connector(crate::catalog::parse_connector("f.yaml", text).unwrap())
+    }
+
+    #[test]
+    fn a_form_body_is_its_fields_as_text_and_is_sent_encoded() {
+        let cat = form_catalog();
+        let op = cat.op("f.t.post").unwrap();
+        let input = complete_input(
+            &op,
+            None,
+            &obj(json!({"a": "x y&z=%20é", "n": 3, "tags": ["p", 2], "gone": null, "csv": ["a@x.io", "b@y.io"]})),
+        )
+        .unwrap();
+        let p = prepare(&op, "http://h", &input).unwrap();
+        assert_eq!(p.encoding, crate::catalog::Encoding::Form);
+        assert_eq!(
+            p.body,
+            Some(
+                json!({"a": "x y&z=%20é", "n": "3", "tags": ["p", "2"], "csv": "YUB4LmlvLGJAeS5pbw=="})
+            )
+        );
+        assert!(p
+            .headers
+            .contains(&("content-type".into(), FORM_CONTENT_TYPE.into())));
+        assert_eq!(
+            p.body_text().unwrap(),
+            "a=x+y%26z%3D%2520%C3%A9&csv=YUB4LmlvLGJAeS5pbw%3D%3D&n=3&tags=p&tags=2"
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["encoding"], "form");
+        // An object cannot be a form field.
+        let input = complete_input(&op, None, &obj(json!({"meta": {"k": 1}}))).unwrap();
+        let e = prepare(&op, "http://h", &input).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(
+            e.message.contains("input `meta`: a form field takes"),
+            "{}",
+            e.message
+        );
+        // JSON bodies say nothing of their encoding.
+        let op = cat.op("ghl.tags.add").unwrap();
+        let input =
+            complete_input(&op, None, &obj(json!({"contactId": "c1", "tags": ["a"]}))).unwrap();
+        let p = prepare(&op, "http://h", &input).unwrap();
+        assert!(serde_json::to_value(&p).unwrap().get("encoding").is_none());
+        assert_eq!(p.body_text().unwrap(), r#"{"tags":["a"]}"#);
+    }
+
+    #[test]
+    fn a_base64_comma_list_refuses_what_it_cannot_join() {
+        let cat = form_catalog();
+        let op = cat.op("f.t.post").unwrap();
+        for (bad, says) in [
+            (json!(["a,b@x.io"]), "contains a comma"),
+            (json!([1]), "every item must be a string"),
+        ] {
+            let input = complete_input(&op, None, &obj(json!({ "csv": bad }))).unwrap();
+            let e = prepare(&op, "http://h", &input).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidInput);
+            assert!(e.message.contains(says), "{}", e.message);
+        }
     }
 
     #[test]

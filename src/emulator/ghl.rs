@@ -20,6 +20,11 @@
 //! (`contactName`, `customField`, task `description`/`isCompleted`, note
 //! `createdBy`/`createdAt`).
 //!
+//! `POST /oauth/locationToken` takes the agency token only (a location token
+//! answers 401), a form body (400 otherwise), the configured `company_id`
+//! (403 otherwise) and the location (400 "Location not found" otherwise);
+//! the token it mints works like any access token of the location.
+//!
 //! Emulator choices where the reference is silent or unverified: tag lists
 //! answered by the tag endpoints are the contact's resulting tags; the v2
 //! contact list `count` is the total number of matches; v1 `POST /contacts/`
@@ -64,6 +69,11 @@ pub struct GhlConfig {
     pub v1_api_key: String,
     /// The one location (sub-account) the tokens give access to.
     pub location_id: String,
+    /// The agency (company) the location belongs to.
+    pub company_id: String,
+    /// An Agency access token: it may call `POST /oauth/locationToken`,
+    /// which mints location tokens, and nothing else.
+    pub agency_token: String,
     /// OAuth client id of the Marketplace app.
     pub client_id: String,
     /// OAuth client secret of the Marketplace app.
@@ -121,6 +131,8 @@ impl Default for GhlConfig {
             token: "ghl-test-access-token".into(),
             v1_api_key: "ghl-test-v1-api-key".into(),
             location_id: "ve9EPM428h8vShlRW1KT".into(),
+            company_id: "emuCompany0000000001".into(),
+            agency_token: "ghl-test-agency-token".into(),
             client_id: "ghl-test-client-id".into(),
             client_secret: "ghl-test-client-secret".into(),
             refresh_token: "ghl-test-refresh-token".into(),
@@ -584,6 +596,7 @@ type Out = Result<Response, Response>;
 fn router(shared: Arc<Shared>) -> Router {
     let r = Router::new()
         .route("/oauth/token", post(oauth_token))
+        .route("/oauth/locationToken", post(location_token))
         // v2 contacts
         .route("/contacts", get(contacts_list).post(contact_create))
         .route("/contacts/", get(contacts_list).post(contact_create))
@@ -1404,13 +1417,89 @@ async fn oauth_token(State(s): S, req: Req) -> Out {
             "scope": "contacts.readonly contacts.write calendars/events.write",
             "userType": user_type,
             "locationId": s.config.location_id,
-            "companyId": "emuCompany0000000001",
+            "companyId": s.config.company_id,
             "userId": "emuUser0000000000001",
             "planId": "emuPlan0000000000001",
             "approvedLocations": [s.config.location_id],
             "isBulkInstallation": false,
             "installToFutureLocations": false,
             "approveAllLocations": false,
+        }),
+    ))
+}
+
+/// `POST /oauth/locationToken`: an agency token mints a token for one of
+/// the agency's locations (form body `companyId`, `locationId`). The minted
+/// token works like any access token of the location.
+async fn location_token(State(s): S, req: Req) -> Out {
+    let token = bearer(&req.headers);
+    if token != Some(s.config.agency_token.as_str()) {
+        // Agency-Access-Only: a location's own token is refused.
+        let location_token = token.is_some_and(|t| s.lock().token_valid(t));
+        return Err(if location_token {
+            respond(
+                401,
+                json!({"statusCode": 401, "message": "This route requires an Agency access token", "error": "Unauthorized"}),
+            )
+        } else {
+            e401()
+        });
+    }
+    match req.headers.get("version").and_then(|v| v.to_str().ok()) {
+        None => return Err(e400("Version header was not found")),
+        Some(v) if v != VERSION => {
+            return Err(e400(format!(
+                "Invalid Version header {v:?}: this endpoint expects {VERSION}"
+            )))
+        }
+        Some(_) => {}
+    }
+    let form_body = req
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form_body {
+        return Err(e400(
+            "The body must be form-encoded (Content-Type: application/x-www-form-urlencoded)",
+        ));
+    }
+    let form = form_pairs(std::str::from_utf8(&req.raw).unwrap_or(""));
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let missing: Vec<String> = ["companyId", "locationId"]
+        .into_iter()
+        .filter(|k| field(k).is_empty())
+        .map(|k| format!("{k} should not be empty"))
+        .collect();
+    check(missing)?;
+    if field("companyId") != s.config.company_id {
+        return Err(respond(
+            403,
+            json!({"statusCode": 403, "message": "The token does not have access to this company."}),
+        ));
+    }
+    if field("locationId") != s.config.location_id {
+        return Err(e400("Location not found"));
+    }
+    let access = format!("at-{}", random_id(40));
+    s.lock()
+        .access
+        .insert(access.clone(), Some(Instant::now() + s.config.token_ttl));
+    Ok(respond(
+        200,
+        json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": s.config.token_ttl.as_secs(),
+            "scope": "contacts.readonly contacts.write calendars/events.write",
+            "locationId": s.config.location_id,
+            "planId": "emuPlan0000000000001",
+            "userId": "emuUser0000000000001",
+            "appId": "emuApp00000000000001",
+            "versionId": "emuVersion0000000001",
         }),
     ))
 }

@@ -32,7 +32,9 @@ pub struct Recorded {
     pub query: String,
     /// Request headers (names lower-case).
     pub headers: Vec<(String, String)>,
-    /// The body parsed as JSON, or as a string when it is not JSON, or null.
+    /// The body parsed as JSON; a form body (`application/x-www-form-urlencoded`)
+    /// as an object of its fields (text, or a list of text for a repeated
+    /// field); a string when it is neither; null when empty.
     pub body: Value,
     /// The status the emulator answered.
     pub status: u16,
@@ -224,7 +226,7 @@ async fn front(
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
-        body: parse_body(&bytes),
+        body: parse_body(&parts.headers, &bytes),
         status: 0,
         at: now,
     };
@@ -296,12 +298,45 @@ fn too_many(rate_headers: RateHeaders, retry_after: Option<String>) -> Response 
     r
 }
 
-fn parse_body(bytes: &[u8]) -> Value {
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
+    let form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if form {
+        return Value::Object(form_fields(&String::from_utf8_lossy(bytes)));
+    }
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The fields of a form body or query (`a=1&b=x+y`), percent-decoded; a
+/// field given several times becomes a list.
+pub fn form_fields(s: &str) -> serde_json::Map<String, Value> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut out = serde_json::Map::new();
+    for p in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let v = Value::String(decode(v));
+        match out.get_mut(&decode(k)) {
+            Some(Value::Array(a)) => a.push(v),
+            Some(prev) => *prev = Value::Array(vec![prev.take(), v]),
+            None => {
+                out.insert(decode(k), v);
+            }
+        }
+    }
+    out
 }
 
 /// The bearer token of a request, if any.

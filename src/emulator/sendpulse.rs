@@ -30,6 +30,16 @@
 //! unless `sort` is given; the CRM contact list sorts by id unless `sortBy`
 //! is given and pages 10 by default; a task moved to the board's "Done" step
 //! gets `status` 2 and an `endedAt`.
+//!
+//! The blacklist takes `emails` as the base64 of a comma-separated list
+//! (422 when it is not, 906 "Email syntax error" for a bad address) and
+//! shows in `GET /emails/{email}/campaigns` as `blacklist: true`; the
+//! emulator sends no campaigns, so that is where it shows. Messenger logins
+//! added through the API have no bot (`botId`, `contactId`, `chatbotUrl`
+//! null, `status` 1); one messenger per contact is the main chatbot. Deals
+//! are seeded ([`SendPulseEmulator::insert_crm_deal`]) and read through
+//! `GET /contacts/{id}/deals` (`{"data": [...], "meta": {"total"}}`); the
+//! deal endpoints themselves are not emulated.
 
 // Handlers answer `Err(Response)` early; the size of that is irrelevant here.
 #![allow(clippy::result_large_err)]
@@ -219,6 +229,35 @@ impl SendPulseEmulator {
         id
     }
 
+    /// Stores a CRM deal linked to `contacts`: the given fields over
+    /// defaults (the `Deal` shape of the CRM spec); its id.
+    pub fn insert_crm_deal(&self, contacts: &[i64], deal: Value) -> i64 {
+        let mut st = self.shared.lock();
+        let id = st.deals.keys().next_back().map_or(300_001, |last| last + 1);
+        let number = st.deals.len() + 1;
+        let now = now();
+        let mut d = json!({
+            "id": id, "pipelineId": 1, "status": 1, "stepId": 1, "responsibleId": OWNER_ID,
+            "number": number, "name": format!("Deal #{number}"), "price": 0, "currency": "USD",
+            "profit": 0, "hasExpense": false, "order": 0, "sourceType": null, "sourceId": null,
+            "history": [], "comments": [], "attributes": [], "expiration": null,
+            "attachments": null, "tasks": [], "createdAt": now, "updatedAt": now,
+        });
+        if let (Some(d), Some(given)) = (d.as_object_mut(), deal.as_object()) {
+            d.extend(given.clone());
+            d.insert("id".into(), json!(id));
+        }
+        st.deals.insert(id, d);
+        st.deal_contacts.extend(contacts.iter().map(|c| (id, *c)));
+        id
+    }
+
+    /// The blacklisted emails, as `GET /blacklist` answers them.
+    pub fn blacklist(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        st.blacklist.values().map(|(e, _)| e.clone()).collect()
+    }
+
     /// Changes fields of a CRM task and bumps its `updatedAt` to now (or to
     /// the given `updatedAt`). False when there is no such task.
     pub fn update_crm_task(&self, id: i64, fields: Value) -> bool {
@@ -252,6 +291,13 @@ struct St {
     attributes: BTreeMap<i64, Value>,
     /// Email-service webhooks, one per action.
     webhooks: BTreeMap<i64, Value>,
+    /// The account's blacklist: lower-cased email -> (email, comment), in
+    /// the order they were added.
+    blacklist: indexmap::IndexMap<String, (String, Option<String>)>,
+    /// CRM deals (only seeded: the deal endpoints are not emulated).
+    deals: BTreeMap<i64, Value>,
+    /// (deal, contact) links.
+    deal_contacts: Vec<(i64, i64)>,
     next_book: i64,
     next_contact: i64,
     next_task: i64,
@@ -488,6 +534,8 @@ impl St {
             .filter_map(|t| t["id"].as_i64())
             .collect();
         c["tasks"] = json!(tasks);
+        let deals = self.deal_contacts.iter().filter(|(_, x)| *x == id).count();
+        c["dealsQty"] = json!(deals);
         c
     }
 
@@ -589,6 +637,16 @@ fn router(shared: Arc<Shared>) -> Router {
             post(subscriber_variables),
         )
         .route("/addressbooks/{id}/emails/{email}", get(subscriber_get))
+        .route(
+            "/addressbooks/{id}/phone",
+            axum::routing::put(subscriber_phone),
+        )
+        .route(
+            "/blacklist",
+            get(blacklist_get)
+                .post(blacklist_add)
+                .delete(blacklist_remove),
+        )
         .route("/emails/{email}", get(email_books).delete(email_delete))
         .route("/emails/{email}/details", get(email_details))
         .route("/emails", post(emails_books_many))
@@ -644,6 +702,15 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/crm/v1/contacts/{contactId}/phones", post(crm_phone_add))
         .route("/crm/v1/contacts/{contactId}/emails", post(crm_emails_add))
+        .route(
+            "/crm/v1/contacts/{contactId}/messengers",
+            post(crm_messenger_add),
+        )
+        .route(
+            "/crm/v1/contacts/{contactId}/messengers/{messengerId}",
+            axum::routing::put(crm_messenger_update).delete(crm_messenger_delete),
+        )
+        .route("/crm/v1/contacts/{contactId}/deals", get(crm_contact_deals))
         .route(
             "/crm/v1/contacts/{contactId}/history",
             get(crm_contact_history),
@@ -1249,6 +1316,105 @@ async fn subscriber_get(State(s): S, Path((id, email)): Path<(String, String)>, 
     ))
 }
 
+/// A phone number as the email service takes it: digits, optionally
+/// grouped with spaces, dashes, dots or parentheses, with or without a
+/// leading `+`; 7 to 15 digits.
+fn valid_phone(p: &str) -> bool {
+    let rest = p.trim().strip_prefix('+').unwrap_or(p.trim());
+    let digits = rest.chars().filter(char::is_ascii_digit).count();
+    rest.chars()
+        .all(|c| c.is_ascii_digit() || " -().".contains(c))
+        && (7..=15).contains(&digits)
+}
+
+/// `PUT /addressbooks/{id}/phone`: the subscriber's system `Phone`.
+async fn subscriber_phone(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    st.book(&id)?;
+    let body = req.body()?;
+    let email = match body.get("email") {
+        None | Some(Value::Null) => return Err(e422("Argument email missing")),
+        Some(Value::String(e)) if is_email(e) => e.clone(),
+        Some(_) => return Err(e422("Email is not valid")),
+    };
+    let phone = match body.get("phone") {
+        None | Some(Value::Null) => return Err(e422("Argument phone missing")),
+        Some(Value::String(p)) if valid_phone(p) => p.clone(),
+        Some(_) => return Err(e422("Phone is not valid")),
+    };
+    let book = st.book_mut(&id)?;
+    let Some(index) = book
+        .subscribers
+        .iter()
+        .position(|s| s.email.eq_ignore_ascii_case(&email))
+    else {
+        return Err(err(422, "Email address not found", 502));
+    };
+    book.subscribers[index].phone = json!(phone);
+    Ok(result_true())
+}
+
+// ------------------------------------------------------------- blacklist
+
+/// The `emails` of a blacklist body: the base64 of a comma-separated list.
+fn blacklist_emails(body: &Value) -> Result<Vec<String>, Response> {
+    use base64::Engine as _;
+    let text = match body.get("emails") {
+        None | Some(Value::Null) => return Err(e422("Argument emails missing")),
+        Some(Value::String(t)) => t,
+        Some(_) => return Err(e422("Argument emails must be string")),
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| e422("Argument emails must be the base64 of a comma-separated list"))?;
+    let emails: Vec<String> = decoded
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    if emails.is_empty() {
+        return Err(err(422, "No emails", 303));
+    }
+    if let Some(bad) = emails.iter().find(|e| !is_email(e)) {
+        return Err(err(422, &format!("Email syntax error: {bad}"), 906));
+    }
+    Ok(emails)
+}
+
+async fn blacklist_get(State(s): S, req: Req) -> Out {
+    let st = s.authed(&req)?;
+    let emails: Vec<&String> = st.blacklist.values().map(|(e, _)| e).collect();
+    Ok(respond(200, json!(emails)))
+}
+
+async fn blacklist_add(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let emails = blacklist_emails(&body)?;
+    let comment = match body.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        Some(_) => return Err(e422("Argument comment must be string")),
+    };
+    for email in emails {
+        st.blacklist
+            .insert(email.to_ascii_lowercase(), (email, comment.clone()));
+    }
+    Ok(result_true())
+}
+
+async fn blacklist_remove(State(s): S, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let emails = blacklist_emails(&req.body()?)?;
+    for email in emails {
+        st.blacklist.shift_remove(&email.to_ascii_lowercase());
+    }
+    Ok(result_true())
+}
+
 async fn email_books(State(s): S, Path(email): Path<String>, req: Req) -> Out {
     let st = s.authed(&req)?;
     let found: Vec<Value> = st
@@ -1301,7 +1467,11 @@ async fn email_campaigns(State(s): S, Path(email): Path<String>, req: Req) -> Ou
     // The emulator sends no campaigns: the counts are zero.
     Ok(respond(
         200,
-        json!({"statistic": {"sent": 0, "open": 0, "link": 0}, "addressbooks": books, "blacklist": false}),
+        json!({
+            "statistic": {"sent": 0, "open": 0, "link": 0},
+            "addressbooks": books,
+            "blacklist": st.blacklist.contains_key(&email.to_ascii_lowercase()),
+        }),
     ))
 }
 
@@ -1552,6 +1722,7 @@ async fn crm_contact_delete(State(s): S, Path(id): Path<String>, req: Req) -> Ou
         .and_then(Value::as_i64)
         .unwrap_or_default();
     st.contacts.remove(&cid);
+    st.deal_contacts.retain(|(_, c)| *c != cid);
     for t in st.tasks.values_mut() {
         if let Some(list) = t["contacts"].as_array_mut() {
             list.retain(|x| x.as_i64() != Some(cid));
@@ -1829,6 +2000,128 @@ async fn crm_emails_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
     log(c, "history", "emails_added");
     c.insert("updatedAt".into(), json!(now()));
     Ok(data(200, Value::Array(out)))
+}
+
+/// Messenger types: 1 Telegram, 2 Facebook, 4 Instagram, 5 WhatsApp, 6 Viber.
+const MESSENGER_TYPES: [i64; 5] = [1, 2, 4, 5, 6];
+
+/// `typeId`, `login` and `isMainChatbot` of a messenger body (the first two
+/// required on add and on update alike).
+fn messenger_body(body: &Value) -> Result<(i64, String, Option<bool>), Response> {
+    let type_id = match body.get("typeId") {
+        None | Some(Value::Null) => return Err(crm422("typeId", "The type id field is required.")),
+        Some(v) => v
+            .as_i64()
+            .filter(|t| MESSENGER_TYPES.contains(t))
+            .ok_or_else(|| crm422("typeId", "The selected type id is invalid."))?,
+    };
+    let login = match body.get("login") {
+        Some(Value::String(l)) if !l.trim().is_empty() => l.clone(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(crm422("login", "The login field is required."))
+        }
+        Some(_) => return Err(crm422("login", "The login must be a string.")),
+    };
+    let main = match body.get("isMainChatbot") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(crm422(
+                "isMainChatbot",
+                "The is main chatbot field must be true or false.",
+            ))
+        }
+    };
+    Ok((type_id, login, main))
+}
+
+/// Only one messenger of a contact is the main chatbot.
+fn demote_chatbots(c: &mut Map<String, Value>) {
+    for m in c
+        .get_mut("messengers")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        m["isMainChatbot"] = json!(false);
+    }
+}
+
+async fn crm_messenger_add(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    st.contact_mut(&id)?;
+    let (type_id, login, main) = messenger_body(&body)?;
+    let messenger_id = st.id();
+    let c = st.contact_mut(&id)?;
+    let main = main.unwrap_or(false);
+    if main {
+        demote_chatbots(c);
+    }
+    // Logins added through the API come from no chatbot: no bot, external
+    // contact id or chatbot URL.
+    let entry = json!({
+        "id": messenger_id, "typeId": type_id, "login": login, "botId": null,
+        "contactId": null, "status": 1, "chatbotUrl": null, "isMainChatbot": main,
+    });
+    if let Some(list) = c.entry("messengers").or_insert(json!([])).as_array_mut() {
+        list.push(entry.clone());
+    }
+    log(c, "history", "messenger_added");
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_messenger_update(
+    State(s): S,
+    Path((id, messenger_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    let body = req.body()?;
+    let c = st.contact_mut(&id)?;
+    entry_mut(c, "messengers", &messenger_id)?;
+    let (type_id, login, main) = messenger_body(&body)?;
+    if main == Some(true) {
+        demote_chatbots(c);
+    }
+    let entry = entry_mut(c, "messengers", &messenger_id)?;
+    entry["typeId"] = json!(type_id);
+    entry["login"] = json!(login);
+    if let Some(main) = main {
+        entry["isMainChatbot"] = json!(main);
+    }
+    let entry = entry.clone();
+    c.insert("updatedAt".into(), json!(now()));
+    Ok(data(200, entry))
+}
+
+async fn crm_messenger_delete(
+    State(s): S,
+    Path((id, messenger_id)): Path<(String, String)>,
+    req: Req,
+) -> Out {
+    let mut st = s.authed(&req)?;
+    remove_entry(st.contact_mut(&id)?, "messengers", &messenger_id)?;
+    Ok(no_content())
+}
+
+/// `GET /contacts/{id}/deals`: the deals list envelope, `{"data": [Deal],
+/// "meta": {"total"}}`.
+async fn crm_contact_deals(State(s): S, Path(id): Path<String>, req: Req) -> Out {
+    let mut st = s.authed(&req)?;
+    let cid = st.contact_mut(&id)?["id"].as_i64().unwrap_or_default();
+    let deals: Vec<Value> = st
+        .deal_contacts
+        .iter()
+        .filter(|(_, c)| *c == cid)
+        .filter_map(|(d, _)| st.deals.get(d).cloned())
+        .collect();
+    let total = deals.len();
+    Ok(respond(
+        200,
+        json!({"data": deals, "meta": {"total": total}}),
+    ))
 }
 
 async fn crm_contact_history(State(s): S, Path(id): Path<String>, req: Req) -> Out {

@@ -107,6 +107,39 @@ async fn read_body(
 /// or why it is refused.
 type Split = Result<(Vec<NewEvent>, u32, u32), (rejects::Reason, StatusCode, String)>;
 
+/// A delivery accepted on a deprecated signature: counted each time
+/// (`patchbay_webhook_legacy_signatures_total`), and a warning the first
+/// time per connection, so a sender that never moves on does not fill the
+/// logs.
+fn legacy_signature(connection: &str, header: &str, instead_of: &str) {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex, PoisonError};
+    static WARNED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+    crate::metrics::global()
+        .webhook_legacy_signatures
+        .get_or_create(&crate::metrics::ConnectionLabels {
+            connection: connection.to_string(),
+        })
+        .inc();
+    let first = WARNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(connection.to_string());
+    if first {
+        tracing::warn!(
+            connection,
+            header,
+            "a delivery was accepted on the deprecated `{header}` signature: the sender should sign with `{instead_of}`; later ones are counted in patchbay_webhook_legacy_signatures_total, not logged"
+        );
+    } else {
+        tracing::debug!(
+            connection,
+            header,
+            "delivery accepted on a deprecated signature"
+        );
+    }
+}
+
 /// Parses a verified body and splits it into the events of the recipes
 /// it fires (CPU work proportional to the body).
 fn split_delivery(
@@ -289,15 +322,21 @@ async fn hook(
             .await;
         }
     };
-    if let Err(e) = verify::verify(&hook.verify, &conn, headers, query_token, &body) {
-        return reject(
-            &svc,
-            &connection,
-            Reason::of(&e),
-            StatusCode::UNAUTHORIZED,
-            e.to_string(),
-        )
-        .await;
+    match verify::verify(&hook.verify, &conn, headers, query_token, &body) {
+        Err(e) => {
+            return reject(
+                &svc,
+                &connection,
+                Reason::of(&e),
+                StatusCode::UNAUTHORIZED,
+                e.to_string(),
+            )
+            .await;
+        }
+        Ok(verify::Verified::Legacy { header, instead_of }) => {
+            legacy_signature(&connection, &header, &instead_of)
+        }
+        Ok(verify::Verified::Checked) => {}
     }
     let max_events = conn
         .get("max_events")

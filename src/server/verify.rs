@@ -1,6 +1,7 @@
 //! Webhook authentication, over the raw body: a shared token (SendPulse
 //! has no signatures), HMAC-SHA256 (`http.webhook`) and Ed25519
-//! (HighLevel's `x-ghl-signature`) with timestamp freshness.
+//! (HighLevel's `x-ghl-signature`) with timestamp freshness, or in its
+//! place a deprecated RSA signature (HighLevel's legacy `x-wh-signature`).
 
 use std::time::Duration;
 
@@ -33,6 +34,21 @@ pub enum VerifyError {
     NoCheck {
         /// Connection.
         connection: String,
+    },
+}
+
+/// How a delivery that passed was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// By the connector's check (or taken unauthenticated, as configured).
+    Checked,
+    /// By a deprecated signature the connector still accepts in place of
+    /// its current one.
+    Legacy {
+        /// The header the signature came in (`x-wh-signature`).
+        header: String,
+        /// The header of the current signature (`x-ghl-signature`).
+        instead_of: String,
     },
 }
 
@@ -88,6 +104,19 @@ pub fn precheck(
                 Err(VerifyError::Unauthorized("wrong token".into()))
             }
         }
+        WebhookVerify::Ed25519 {
+            header: name,
+            legacy: Some(legacy),
+            ..
+        } => {
+            if header(headers, name).is_none() && header(headers, &legacy.header).is_none() {
+                return Err(VerifyError::Unauthorized(format!(
+                    "missing `{name}` signature header (or the legacy `{}`)",
+                    legacy.header
+                )));
+            }
+            Ok(())
+        }
         WebhookVerify::Hmac { header: name, .. } | WebhookVerify::Ed25519 { header: name, .. } => {
             if header(headers, name).is_none() {
                 return Err(VerifyError::Unauthorized(format!(
@@ -100,14 +129,16 @@ pub fn precheck(
 }
 
 /// Checks a delivery before its body is parsed as events: [`precheck`],
-/// then signatures over the raw body and timestamps against replays.
+/// then signatures over the raw body and timestamps against replays. A
+/// delivery with both a current and a legacy signature is checked on the
+/// current one only.
 pub fn verify(
     rule: &WebhookVerify,
     conn: &ResolvedConnection,
     headers: &HeaderMap,
     query_token: Option<&str>,
     body: &[u8],
-) -> Result<(), VerifyError> {
+) -> Result<Verified, VerifyError> {
     precheck(rule, conn, headers, query_token)?;
     let field = |name: &str| {
         conn.get(name)
@@ -119,9 +150,9 @@ pub fn verify(
     };
     match rule {
         // Checked whole by `precheck` (or taken unauthenticated).
-        WebhookVerify::None | WebhookVerify::Token { .. } => Ok(()),
+        WebhookVerify::None | WebhookVerify::Token { .. } => Ok(Verified::Checked),
         _ if takes_unauthenticated(conn) && rule.field().is_none_or(|f| conn.get(f).is_none()) => {
-            Ok(())
+            Ok(Verified::Checked)
         }
         WebhookVerify::Hmac {
             header: name,
@@ -166,20 +197,45 @@ pub fn verify(
                     .unwrap_or(Duration::from_secs(300));
                 fresh(at, window, h)?;
             }
-            Ok(())
+            Ok(Verified::Checked)
         }
         WebhookVerify::Ed25519 {
             header: name,
             public_key,
             timestamp_field,
             max_age,
+            legacy,
             ..
         } => {
-            let key = field(public_key)?;
-            let given = header(headers, name).ok_or_else(|| {
-                VerifyError::Unauthorized(format!("missing `{name}` signature header"))
-            })?;
-            verify_ed25519(&key, &given, body)?;
+            let legacy_signature = legacy
+                .as_ref()
+                .filter(|_| header(headers, name).is_none())
+                .and_then(|l| header(headers, &l.header).map(|sig| (l, sig)));
+            let verified = match legacy_signature {
+                Some((l, sig)) => {
+                    let key = conn
+                        .get(&l.public_key)
+                        .map(|v| v.expose().to_string())
+                        .or_else(|| l.default_public_key.clone())
+                        .ok_or_else(|| VerifyError::NotConfigured {
+                            connection: conn.name.clone(),
+                            field: l.public_key.clone(),
+                        })?;
+                    verify_rsa(&key, &l.header, &sig, body)?;
+                    Verified::Legacy {
+                        header: l.header.clone(),
+                        instead_of: name.clone(),
+                    }
+                }
+                None => {
+                    let key = field(public_key)?;
+                    let given = header(headers, name).ok_or_else(|| {
+                        VerifyError::Unauthorized(format!("missing `{name}` signature header"))
+                    })?;
+                    verify_ed25519(&key, &given, body)?;
+                    Verified::Checked
+                }
+            };
             // Replays: an old signed body is refused, and so is one without
             // a timestamp (it could be replayed forever).
             let age_limit = parse_duration(max_age).unwrap_or(Duration::from_secs(300));
@@ -195,7 +251,8 @@ pub fn verify(
             let t = chrono::DateTime::parse_from_rfc3339(ts).map_err(|_| {
                 VerifyError::Unauthorized(format!("`{timestamp_field}` is not an ISO timestamp"))
             })?;
-            fresh(t.with_timezone(&chrono::Utc), age_limit, timestamp_field)
+            fresh(t.with_timezone(&chrono::Utc), age_limit, timestamp_field)?;
+            Ok(verified)
         }
     }
 }
@@ -236,6 +293,76 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// The OID of `rsaEncryption` keys in a SubjectPublicKeyInfo.
+const RSA_ENCRYPTION: spki::ObjectIdentifier =
+    spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// An RSA public key as ring reads it (PKCS#1 `RSAPublicKey` DER), from a
+/// PEM `PUBLIC KEY` (SubjectPublicKeyInfo) or `RSA PUBLIC KEY` (PKCS#1)
+/// block, or from the base64 of a SubjectPublicKeyInfo without the PEM
+/// lines. The error says what is wrong.
+pub fn rsa_public_key(text: &str) -> Result<Vec<u8>, String> {
+    use spki::der::Decode;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = text.trim();
+    let (label, body) = match text.strip_prefix("-----BEGIN ") {
+        Some(rest) => {
+            let (label, rest) = rest
+                .split_once("-----")
+                .ok_or("a PEM block starts with `-----BEGIN <label>-----`")?;
+            let end = format!("-----END {label}-----");
+            let (body, _) = rest
+                .split_once(&end)
+                .ok_or_else(|| format!("the PEM block has no `{end}` line"))?;
+            (label, body)
+        }
+        None => ("PUBLIC KEY", text),
+    };
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = b64
+        .decode(compact)
+        .map_err(|_| "the key is not valid base64 (PEM)".to_string())?;
+    match label {
+        "RSA PUBLIC KEY" => Ok(der),
+        "PUBLIC KEY" => {
+            let info = spki::SubjectPublicKeyInfoRef::from_der(&der)
+                .map_err(|e| format!("the key is not a SubjectPublicKeyInfo: {e}"))?;
+            if info.algorithm.oid != RSA_ENCRYPTION {
+                return Err(format!(
+                    "the key is not an RSA key (algorithm {})",
+                    info.algorithm.oid
+                ));
+            }
+            info.subject_public_key
+                .as_bytes()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "the key's bit string is not whole bytes".to_string())
+        }
+        other => Err(format!(
+            "a PEM `{other}` block is not a public key (`PUBLIC KEY` or `RSA PUBLIC KEY`)"
+        )),
+    }
+}
+
+/// Verifies a base64 RSA PKCS#1 v1.5 SHA-256 signature of the raw body
+/// (2048- to 8192-bit keys).
+fn verify_rsa(key: &str, name: &str, sig_b64: &str, body: &[u8]) -> Result<(), VerifyError> {
+    use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+    let der = rsa_public_key(key).map_err(|e| {
+        VerifyError::Unauthorized(format!("the public key for `{name}` is unusable: {e}"))
+    })?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig_b64.trim())
+        .map_err(|_| VerifyError::Unauthorized(format!("`{name}` is not base64")))?;
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der)
+        .verify(body, &sig)
+        .map_err(|_| {
+            VerifyError::Unauthorized(format!(
+                "RSA signature in the legacy `{name}` does not match the body"
+            ))
+        })
 }
 
 /// Verifies a base64 Ed25519 signature with a public key given as SPKI DER
@@ -417,6 +544,7 @@ mod tests {
             timestamp_field: "timestamp".into(),
             id_field: "webhookId".into(),
             max_age: "5m".into(),
+            legacy: None,
         };
         let c = conn(&[("webhook_public_key", &spki)]);
         let fresh = format!(
@@ -460,5 +588,218 @@ mod tests {
         sign(&future, &mut h);
         let e = verify(&rule, &c, &h, None, future.as_bytes()).unwrap_err();
         assert!(e.to_string().contains("from the future"), "{e}");
+    }
+
+    const TEST_RSA_PUBLIC: &str = include_str!("../../tests/keys/ghl-legacy-webhook.pub.pem");
+    const TEST_RSA_PRIVATE: &str = include_str!("../../tests/keys/ghl-legacy-webhook.key.pem");
+
+    /// The base64 RSA PKCS#1 v1.5 SHA-256 signature of `body` with the test key.
+    fn rsa_sign(body: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pem: String = TEST_RSA_PRIVATE
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let key = ring::signature::RsaKeyPair::from_pkcs8(&b64.decode(pem).unwrap()).unwrap();
+        let mut sig = vec![0; key.public().modulus_len()];
+        key.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            body,
+            &mut sig,
+        )
+        .unwrap();
+        b64.encode(sig)
+    }
+
+    fn legacy_rule(default_key: Option<&str>) -> WebhookVerify {
+        WebhookVerify::Ed25519 {
+            header: "x-ghl-signature".into(),
+            public_key: "webhook_public_key".into(),
+            timestamp_field: "timestamp".into(),
+            id_field: "webhookId".into(),
+            max_age: "5m".into(),
+            legacy: Some(crate::catalog::LegacyRsa {
+                header: "x-wh-signature".into(),
+                public_key: "webhook_rsa_public_key".into(),
+                default_public_key: default_key.map(str::to_string),
+            }),
+        }
+    }
+
+    fn ed25519_key() -> (ed25519_dalek::SigningKey, String) {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let spki = base64::engine::general_purpose::STANDARD
+            .encode(sk.verifying_key().to_public_key_der().unwrap().as_bytes());
+        (sk, spki)
+    }
+
+    fn stamped() -> String {
+        format!(
+            "{{\"type\":\"ContactCreate\",\"timestamp\":\"{}\",\"webhookId\":\"w1\"}}",
+            chrono::Utc::now().to_rfc3339()
+        )
+    }
+
+    #[test]
+    fn a_legacy_rsa_signature_is_taken_only_without_the_current_one() {
+        use ed25519_dalek::Signer;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (sk, spki) = ed25519_key();
+        let c = conn(&[
+            ("webhook_public_key", &spki),
+            ("webhook_rsa_public_key", TEST_RSA_PUBLIC),
+        ]);
+        let rule = legacy_rule(None);
+        let body = stamped();
+        let legacy = |sig: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-wh-signature", sig.parse().unwrap());
+            h
+        };
+        // Only the legacy signature: checked, and said to be legacy.
+        let got = verify(
+            &rule,
+            &c,
+            &legacy(&rsa_sign(body.as_bytes())),
+            None,
+            body.as_bytes(),
+        );
+        assert_eq!(
+            got,
+            Ok(Verified::Legacy {
+                header: "x-wh-signature".into(),
+                instead_of: "x-ghl-signature".into()
+            })
+        );
+        // A body changed after signing is refused, with what failed.
+        let tampered = body.replace("ContactCreate", "ContactDelete");
+        let e = verify(
+            &rule,
+            &c,
+            &legacy(&rsa_sign(body.as_bytes())),
+            None,
+            tampered.as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            VerifyError::Unauthorized(
+                "RSA signature in the legacy `x-wh-signature` does not match the body".into()
+            )
+        );
+        let e = verify(&rule, &c, &legacy("%%%"), None, body.as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), "`x-wh-signature` is not base64");
+        // Signed by the legacy key but stale: the timestamp rule still holds.
+        let old = "{\"type\":\"ContactCreate\",\"timestamp\":\"2020-01-01T00:00:00Z\"}";
+        let e = verify(
+            &rule,
+            &c,
+            &legacy(&rsa_sign(old.as_bytes())),
+            None,
+            old.as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("too old"), "{e}");
+        // With both headers, the current one decides: a good Ed25519
+        // signature passes whatever the legacy one says, a bad one fails
+        // even next to a good legacy one.
+        let mut both = legacy("bm90IGEgc2lnbmF0dXJl");
+        both.insert(
+            "x-ghl-signature",
+            b64.encode(sk.sign(body.as_bytes()).to_bytes())
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            verify(&rule, &c, &both, None, body.as_bytes()),
+            Ok(Verified::Checked)
+        );
+        let mut both = legacy(&rsa_sign(body.as_bytes()));
+        both.insert(
+            "x-ghl-signature",
+            b64.encode(sk.sign(b"other").to_bytes()).parse().unwrap(),
+        );
+        let e = verify(&rule, &c, &both, None, body.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("Ed25519"), "{e}");
+        // Neither header: refused before the body is read, naming both.
+        let e = precheck(&rule, &c, &HeaderMap::new(), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "missing `x-ghl-signature` signature header (or the legacy `x-wh-signature`)"
+        );
+    }
+
+    #[test]
+    fn the_legacy_key_defaults_to_the_catalogs_and_a_bad_key_says_so() {
+        let (_, spki) = ed25519_key();
+        let body = stamped();
+        let mut h = HeaderMap::new();
+        h.insert("x-wh-signature", rsa_sign(body.as_bytes()).parse().unwrap());
+        let only_ed = conn(&[("webhook_public_key", &spki)]);
+        // The connection sets no RSA key: the rule's default is used.
+        assert!(verify(
+            &legacy_rule(Some(TEST_RSA_PUBLIC)),
+            &only_ed,
+            &h,
+            None,
+            body.as_bytes()
+        )
+        .is_ok());
+        // HighLevel's published key does not verify the test key's signature.
+        let ghl = crate::catalog::Catalog::builtin();
+        let rule = ghl
+            .connector("ghl")
+            .unwrap()
+            .webhook
+            .clone()
+            .unwrap()
+            .verify;
+        let e = verify(&rule, &only_ed, &h, None, body.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("does not match the body"), "{e}");
+        // No default and no key in the connection: not configured.
+        let e = verify(&legacy_rule(None), &only_ed, &h, None, body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::NotConfigured { field, .. } if field == "webhook_rsa_public_key"),
+            "{e}"
+        );
+        let bad = conn(&[
+            ("webhook_public_key", &spki),
+            ("webhook_rsa_public_key", &spki),
+        ]);
+        let e = verify(&legacy_rule(None), &bad, &h, None, body.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("is not an RSA key"), "{e}");
+    }
+
+    #[test]
+    fn rsa_public_keys_are_read_from_pem_or_bare_base64() {
+        let pkcs1 = rsa_public_key(TEST_RSA_PUBLIC).unwrap();
+        let bare: String = TEST_RSA_PUBLIC
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert_eq!(rsa_public_key(&bare).unwrap(), pkcs1);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rsa_pem = format!(
+            "-----BEGIN RSA PUBLIC KEY-----\n{}\n-----END RSA PUBLIC KEY-----\n",
+            b64.encode(&pkcs1)
+        );
+        assert_eq!(rsa_public_key(&rsa_pem).unwrap(), pkcs1);
+        for (bad, says) in [
+            (
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n",
+                "no `-----END PUBLIC KEY-----`",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+                "not a public key",
+            ),
+            ("not base64!", "not valid base64"),
+            ("AAAA", "not a SubjectPublicKeyInfo"),
+        ] {
+            let e = rsa_public_key(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
