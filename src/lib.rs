@@ -12,7 +12,9 @@ pub mod connectors;
 pub mod diagnostic;
 pub mod dispatch;
 pub mod duration;
-pub mod emulator;
+/// The HighLevel and SendPulse emulators (the `sandbox` feature).
+#[cfg(feature = "sandbox")]
+pub use patchbay_emulators as emulator;
 pub mod engine;
 pub mod fire;
 pub mod hostile;

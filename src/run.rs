@@ -13,6 +13,7 @@ use crate::cli::{catalog_or_exit, connections_or_exit, print_diags, EXIT_OK, EXI
 use crate::connections::{Connections, ResolvedConnection};
 use crate::connectors::Runtime;
 use crate::diagnostic::Format;
+#[cfg(feature = "sandbox")]
 use crate::emulator::{ghl, sendpulse};
 use crate::engine::{RecipeSet, Service, Settings};
 use crate::reload::{Fixed, Reloader, Sources, Trigger};
@@ -133,16 +134,30 @@ fn runtime_threads(flag: usize, cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// The running emulators of `--sandbox`.
+#[cfg(feature = "sandbox")]
+type Emulators = (ghl::GhlEmulator, sendpulse::SendPulseEmulator);
+#[cfg(not(feature = "sandbox"))]
+type Emulators = ();
+
+/// Without the `sandbox` feature there are no emulators to start.
+#[cfg(not(feature = "sandbox"))]
+async fn start_sandbox(
+    _listen: SocketAddr,
+) -> std::io::Result<(Emulators, Vec<ResolvedConnection>)> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "this build has no emulators (built without the `sandbox` feature)",
+    ))
+}
+
 /// Starts the emulators and returns them with connections pointing at them.
 /// The emulated HighLevel sends signed `ContactCreate`/`ContactUpdate`
 /// webhooks to the engine's `ghl-main` hook, as a real location would.
+#[cfg(feature = "sandbox")]
 async fn start_sandbox(
     listen: SocketAddr,
-) -> std::io::Result<(
-    ghl::GhlEmulator,
-    sendpulse::SendPulseEmulator,
-    Vec<ResolvedConnection>,
-)> {
+) -> std::io::Result<(Emulators, Vec<ResolvedConnection>)> {
     let webhook = ghl::WebhookTarget {
         url: format!("http://{listen}/hooks/ghl-main"),
         key: ed25519_dalek::SigningKey::from_bytes(&sandbox::GHL_WEBHOOK_SEED),
@@ -187,7 +202,7 @@ async fn start_sandbox(
             ],
         ),
     ];
-    Ok((g, s, conns))
+    Ok(((g, s), conns))
 }
 
 async fn run_async(args: RunArgs) -> i32 {
@@ -203,8 +218,8 @@ async fn run_async(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
         match start_sandbox(args.listen).await {
-            Ok((g, s, conns)) => {
-                _emulators = Some((g, s));
+            Ok((emulators, conns)) => {
+                _emulators = Some(emulators);
                 let mut decls = Connections::default();
                 for c in &conns {
                     decls.by_name.insert(
