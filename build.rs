@@ -51,7 +51,13 @@ fn main() {
 
 /// Stops the build at a connector file that is not valid YAML.
 fn fail(path: &Path, e: &yaml::YamlError) -> ! {
-    panic!("{}:{}: error[{}]: {}", path.display(), e.pos, e.code, e.message)
+    panic!(
+        "{}:{}: error[{}]: {}",
+        path.display(),
+        e.pos,
+        e.code,
+        e.message
+    )
 }
 
 /// A Rust raw string literal holding `s`.

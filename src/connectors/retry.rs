@@ -1,10 +1,92 @@
-//! Backoff with full jitter, and `Retry-After`.
+//! The one retry loop of every operation call (catalog operations and
+//! `http.request`, live or canned): backoff with full jitter, and
+//! `Retry-After`, by one rule ([`next_wait`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
 
+use super::{Failure, StepError};
 use crate::recipe::validate::RetryPolicy;
+
+/// An attempt's error plus the wait the API asked for.
+pub(crate) struct AttemptError {
+    pub error: StepError,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<StepError> for AttemptError {
+    fn from(error: StepError) -> Self {
+        AttemptError {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// The wait before the attempt after failed attempt `attempt` (1-based),
+/// or `None` when the call fails now: the error is not retryable, the
+/// attempts are used up, or the API asked for a wait beyond
+/// [`MAX_RETRY_AFTER`] (the step fails with the API's answer rather than
+/// park for hours). A `Retry-After` is honoured as given; without one,
+/// the backoff is jittered.
+pub fn next_wait(
+    policy: &RetryPolicy,
+    attempt: u32,
+    error: &StepError,
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    if !error.kind.is_retryable() || attempt >= policy.attempts {
+        return None;
+    }
+    match retry_after {
+        Some(ra) if ra > MAX_RETRY_AFTER => None,
+        Some(ra) => Some(ra),
+        None => Some(jittered(policy, attempt)),
+    }
+}
+
+/// Runs `attempt` (given its 1-based number) until it succeeds or
+/// [`next_wait`] says stop; `before_retry` sees each error that is
+/// retried and the wait. The output and the attempts made.
+pub(crate) async fn run<T, F, Fut>(
+    policy: &RetryPolicy,
+    mut attempt: F,
+    mut before_retry: impl FnMut(&StepError, Duration),
+) -> Result<(T, u32), Failure>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, AttemptError>>,
+{
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt(n).await {
+            Ok(v) => return Ok((v, n)),
+            Err(e) => match next_wait(policy, n, &e.error, e.retry_after) {
+                Some(wait) => {
+                    before_retry(&e.error, wait);
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    return Err(Failure {
+                        error: e.error,
+                        attempts: n,
+                    })
+                }
+            },
+        }
+    }
+}
+
+/// The `Retry-After` of a response, if any.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+}
 
 /// The longest `Retry-After` honoured; a longer one fails the step instead
 /// of parking it for hours.
@@ -88,5 +170,27 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn one_rule_for_retry_after_honoured_up_to_the_cap_and_beyond_it_the_call_fails() {
+        use crate::catalog::ErrorKind;
+        let p = policy();
+        let limited = StepError::new(ErrorKind::RateLimited, "slow down");
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(next_wait(&p, 1, &limited, secs(30)), secs(30));
+        assert_eq!(
+            next_wait(&p, 1, &limited, Some(MAX_RETRY_AFTER)),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(next_wait(&p, 1, &limited, Some(MAX_RETRY_AFTER * 2)), None);
+        assert!(next_wait(&p, 1, &limited, None).unwrap() <= ceiling(&p, 1));
+        assert_eq!(
+            next_wait(&p, p.attempts, &limited, secs(1)),
+            None,
+            "attempts used up"
+        );
+        let bad = StepError::new(ErrorKind::BadRequest, "no");
+        assert_eq!(next_wait(&p, 1, &bad, secs(1)), None, "not retryable");
     }
 }
