@@ -59,7 +59,7 @@ impl Dispatch {
     pub fn new(workers: usize, lease: Duration, max_backlog: usize) -> Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         Dispatch {
-            owner: format!("{}-{}", std::process::id(), crate::engine::new_id()),
+            owner: format!("{}-{}", std::process::id(), crate::id::new_id()),
             lease,
             tx,
             rx: Mutex::new(rx),

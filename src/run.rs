@@ -366,7 +366,7 @@ async fn run_async(args: RunArgs) -> i32 {
     let mut admin_task = None;
     let mut app = crate::server::router(svc.clone());
     if let (Some(addr), Some(token)) = (args.admin_listen, admin_token) {
-        let admin = crate::reload::admin::router(reloader.clone(), Arc::from(token));
+        let admin = crate::server::operator::router(reloader.clone(), Arc::from(token));
         if addr == args.listen {
             app = app.merge(admin);
         } else {

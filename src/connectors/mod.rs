@@ -23,7 +23,6 @@ use tokio::sync::Semaphore;
 use crate::catalog::{Auth, Catalog, ConnectorDef, ErrorKind, OpRef};
 use crate::connections::ResolvedConnection;
 use crate::duration::parse_duration;
-use crate::recipe::validate::RetryPolicy;
 use crate::secret::Secret;
 use auth::{AuthContext, AuthState, TokenStore};
 pub use errors::StepError;
@@ -32,6 +31,7 @@ use native::LinkStore;
 use ratelimit::RateLimiter;
 use request::Prepared;
 use retry::AttemptError;
+use retry::RetryPolicy;
 
 /// Retry policy when neither the step nor the connector sets one.
 pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {

@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value};
 
+use super::retry::RetryPolicy;
 use super::{Conn, Failure, Outcome, Runtime, StepError, DEFAULT_MAX_PAGES};
 use crate::catalog::{ErrorKind, OpRef, PageStyle};
 use crate::jsonpath::{self, JsonPath};
-use crate::recipe::validate::RetryPolicy;
 
 impl Runtime {
     pub(super) async fn paginate(

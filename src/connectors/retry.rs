@@ -8,7 +8,18 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::{Failure, StepError};
-use crate::recipe::validate::RetryPolicy;
+
+/// Retry settings with defaults applied: what a step's `retry:` (or its
+/// connector's default) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts including the first.
+    pub attempts: u32,
+    /// First backoff.
+    pub backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
 
 /// An attempt's error plus the wait the API asked for.
 pub(crate) struct AttemptError {

@@ -106,16 +106,8 @@ pub struct ValidFallback {
     pub steps: Vec<ValidStep>,
 }
 
-/// Retry settings with defaults applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Total attempts including the first.
-    pub attempts: u32,
-    /// First backoff.
-    pub backoff: Duration,
-    /// Backoff cap.
-    pub max_backoff: Duration,
-}
+/// Retry settings with defaults applied (the connector runtime's type).
+pub use crate::connectors::retry::RetryPolicy;
 
 /// A compiled template tree: what `with:` becomes.
 #[derive(Debug, Clone)]

@@ -8,7 +8,6 @@
 //! ([`watch`]), SIGHUP and `POST /admin/reload` ([`admin`]); one mutex
 //! serialises them.
 
-pub mod admin;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,7 @@
 //! event and steps, dead letters, replay (one or many), deliveries,
 //! recipe version history, and the mapping preview (the requests a recipe
 //! would send for an event, sent nowhere). Served behind the admin token
-//! with the reload routes (`src/reload/admin.rs`); described by
+//! with the reload routes (`src/server/operator.rs`); described by
 //! `docs/admin-openapi.json`, which `GET /admin/openapi.json` serves.
 
 use std::sync::Arc;
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn every_route_is_in_the_openapi_document() {
         let doc: Value = serde_json::from_str(OPENAPI).unwrap();
-        let sources = [include_str!("admin.rs"), include_str!("../reload/admin.rs")];
+        let sources = [include_str!("admin.rs"), include_str!("operator.rs")];
         let mut found = 0;
         for src in sources {
             for part in src.split(".route(\"").skip(1) {

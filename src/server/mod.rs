@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod console;
 pub mod listen;
+pub mod operator;
 pub mod rejects;
 pub mod verify;
 

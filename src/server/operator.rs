@@ -1,4 +1,4 @@
-//! The admin API: `GET /admin/recipes` (active versions, rejected files,
+//! The operator listener: `GET /admin/recipes` (active versions, rejected files,
 //! last reload), `POST /admin/reload`, and `GET /metrics` (Prometheus text).
 //! Every route wants `Authorization: Bearer <--admin-token>`; the routes are
 //! served on `--admin-listen`, not on the public webhook listener unless
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{Outcome, Reloader, Trigger};
+use crate::reload::{Outcome, Reloader, Trigger};
 
 /// The admin routes, behind the bearer token.
 pub fn router(reloader: Arc<Reloader>, token: Arc<str>) -> Router {
@@ -25,11 +25,11 @@ pub fn router(reloader: Arc<Reloader>, token: Arc<str>) -> Router {
         .route("/admin/recipes", get(recipes))
         .route("/admin/reload", post(reload))
         .route("/metrics", get(metrics))
-        .merge(crate::server::admin::routes())
+        .merge(super::admin::routes())
         .layer(middleware::from_fn_with_state(token, authorize))
         // The console's files hold no data: the page asks for the token
         // and sends it with every API call.
-        .merge(crate::server::console::routes())
+        .merge(super::console::routes())
         .with_state(reloader)
 }
 
@@ -106,7 +106,7 @@ async fn reload(State(r): State<Arc<Reloader>>, body: Bytes) -> Response {
 async fn metrics(State(r): State<Arc<Reloader>>) -> Response {
     let m = crate::metrics::global();
     // Gauges of what is, read at the scrape.
-    let (rejected, unrecorded) = crate::server::rejects::snapshot();
+    let (rejected, unrecorded) = super::rejects::snapshot();
     for (reason, n) in rejected {
         let c = m
             .webhook_rejected
