@@ -7,6 +7,7 @@
 //! store, so another process can take over a crashed one's work.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 pub mod versions;
 mod writer;

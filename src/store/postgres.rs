@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::sqlite::{now_ms, parse_json, to_time, DEDUPE_WINDOW};
+use super::rows::{now_ms, parse_json, to_time, DEDUPE_WINDOW};
 use super::versions::{Committed, RecipeVersions, StoredVersion};
 use super::{
     ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store,

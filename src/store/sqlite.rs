@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -14,6 +14,8 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use super::rows::{now_ms, parse_json, to_time};
+use super::versions::{from_rows, Committed, RecipeVersions, StoredVersion};
 use super::writer::{self, Job, Prune};
 use super::{
     ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunFilter, RunState, RunSummary, Store,
@@ -23,9 +25,6 @@ use crate::connectors::auth::{BoxFut, StoredTokens, TokenStore};
 use crate::connectors::native::LinkStore;
 use crate::interpreter::{RunReport, StepRecord};
 use crate::secret::Secret;
-
-/// How long a dedupe key is remembered.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Schema versions, applied in order once each.
 const MIGRATIONS: &[&str] = &[
@@ -117,14 +116,6 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
 }
 
-pub(super) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-pub(super) fn to_time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) `sqlite://FILE` and migrates it.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
@@ -169,7 +160,7 @@ impl SqliteStore {
     /// future ends with their commit.
     pub(super) async fn queue_versions(
         &self,
-        versions: Vec<super::versions::StoredVersion>,
+        versions: Vec<StoredVersion>,
     ) -> Result<BoxFut<'static, Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Versions { versions, reply }).await?;
@@ -261,13 +252,6 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         tx.commit().await?;
     }
     Ok(())
-}
-
-pub(super) fn parse_json(what: &'static str, s: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
 }
 
 fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<RunSummary, StoreError> {
@@ -688,6 +672,56 @@ impl TokenStore for SqliteStore {
             if let Err(e) = r {
                 tracing::error!(connection, error = %e, "could not save refreshed tokens");
             }
+        })
+    }
+}
+
+impl RecipeVersions for SqliteStore {
+    fn save_versions<'a>(
+        &'a self,
+        versions: &'a [StoredVersion],
+    ) -> BoxFut<'a, Result<Committed, StoreError>> {
+        Box::pin(async move {
+            if versions.is_empty() {
+                return Ok(Box::pin(async { Ok(()) }) as Committed);
+            }
+            self.queue_versions(versions.to_vec()).await
+        })
+    }
+
+    fn version<'a>(
+        &'a self,
+        recipe: &'a str,
+        version: &'a str,
+    ) -> BoxFut<'a, Result<Option<StoredVersion>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT file, source, loaded_at FROM recipe_versions WHERE recipe = ? AND version = ?")
+                .bind(recipe)
+                .bind(version)
+                .fetch_optional(self.pool())
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(StoredVersion {
+                recipe: recipe.to_string(),
+                version: version.to_string(),
+                file: row.try_get("file")?,
+                source: row.try_get("source")?,
+                loaded_at: DateTime::<Utc>::from_timestamp_millis(row.try_get("loaded_at")?)
+                    .unwrap_or_default(),
+            }))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        recipe: &'a str,
+    ) -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query_as("SELECT version, file, source, loaded_at FROM recipe_versions WHERE recipe = ? ORDER BY loaded_at DESC")
+                .bind(recipe)
+                .fetch_all(self.pool())
+                .await?;
+            Ok(from_rows(recipe, rows))
         })
     }
 }

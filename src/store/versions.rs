@@ -3,12 +3,9 @@
 //! queued on, even after its file changed or was deleted, or the process
 //! restarted.
 
-use chrono::{DateTime, Utc};
-use sqlx::Row;
-
-use super::sqlite::SqliteStore;
 use super::StoreError;
 use crate::connectors::auth::BoxFut;
+use chrono::{DateTime, Utc};
 
 /// One stored recipe version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,56 +46,6 @@ pub trait RecipeVersions: Send + Sync {
         -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>>;
 }
 
-impl RecipeVersions for SqliteStore {
-    fn save_versions<'a>(
-        &'a self,
-        versions: &'a [StoredVersion],
-    ) -> BoxFut<'a, Result<Committed, StoreError>> {
-        Box::pin(async move {
-            if versions.is_empty() {
-                return Ok(Box::pin(async { Ok(()) }) as Committed);
-            }
-            self.queue_versions(versions.to_vec()).await
-        })
-    }
-
-    fn version<'a>(
-        &'a self,
-        recipe: &'a str,
-        version: &'a str,
-    ) -> BoxFut<'a, Result<Option<StoredVersion>, StoreError>> {
-        Box::pin(async move {
-            let row = sqlx::query("SELECT file, source, loaded_at FROM recipe_versions WHERE recipe = ? AND version = ?")
-                .bind(recipe)
-                .bind(version)
-                .fetch_optional(self.pool())
-                .await?;
-            let Some(row) = row else { return Ok(None) };
-            Ok(Some(StoredVersion {
-                recipe: recipe.to_string(),
-                version: version.to_string(),
-                file: row.try_get("file")?,
-                source: row.try_get("source")?,
-                loaded_at: DateTime::<Utc>::from_timestamp_millis(row.try_get("loaded_at")?)
-                    .unwrap_or_default(),
-            }))
-        })
-    }
-
-    fn history<'a>(
-        &'a self,
-        recipe: &'a str,
-    ) -> BoxFut<'a, Result<Vec<StoredVersion>, StoreError>> {
-        Box::pin(async move {
-            let rows = sqlx::query_as("SELECT version, file, source, loaded_at FROM recipe_versions WHERE recipe = ? ORDER BY loaded_at DESC")
-                .bind(recipe)
-                .fetch_all(self.pool())
-                .await?;
-            Ok(from_rows(recipe, rows))
-        })
-    }
-}
-
 /// `(version, file, source, loaded_at)` rows as versions of `recipe`.
 pub(super) fn from_rows(
     recipe: &str,
@@ -113,16 +60,4 @@ pub(super) fn from_rows(
             loaded_at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
         })
         .collect()
-}
-
-/// Inserts versions in the writer's transaction; known ones are kept.
-pub(super) fn insert(
-    c: &rusqlite::Connection,
-    versions: &[StoredVersion],
-) -> Result<(), StoreError> {
-    for v in versions {
-        c.prepare_cached("INSERT INTO recipe_versions (recipe, version, file, source, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(recipe, version) DO NOTHING")?
-            .execute(rusqlite::params![v.recipe, v.version, v.file, v.source, v.loaded_at.timestamp_millis()])?;
-    }
-    Ok(())
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, PrepFlags, Statement};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::DEDUPE_WINDOW;
+use super::rows::{now_ms, parse_json, to_time, DEDUPE_WINDOW};
+use super::versions::StoredVersion;
 use super::{ClaimFor, ClaimedRun, Delivery, Ingested, NewEvent, RunState, StoreError};
 use crate::connectors::auth::StoredTokens;
 
@@ -62,7 +63,7 @@ pub(super) enum Job {
     /// Recipe versions (hot reload): through the writer, so they never wait
     /// in the busy handler and commit before any event naming them.
     Versions {
-        versions: Vec<super::versions::StoredVersion>,
+        versions: Vec<StoredVersion>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Store finished steps and extend the lease.
@@ -320,7 +321,7 @@ impl<'c> Writer<'c> {
                 gather(&mut jobs);
             }
             busy = jobs.len() > 1;
-            let now = super::sqlite::now_ms();
+            let now = now_ms();
             // Runs whose lease expired (their process died) are queued again.
             let reap_now = now - last_reap > REAP_EVERY_MS;
             if reap_now {
@@ -421,7 +422,7 @@ impl<'c> Writer<'c> {
                 Done::Unit
             }
             Job::Versions { versions, .. } => {
-                super::versions::insert(self.conn, versions)?;
+                insert_versions(self.conn, versions)?;
                 Done::Unit
             }
             Job::Prune { what, .. } => Done::Count(prune(self.conn, what)?),
@@ -536,7 +537,7 @@ impl<'c> Writer<'c> {
                             recipe_version: run.recipe_version.clone(),
                             payload: ev.payload.clone(),
                             ordering_key: run.ordering_key.clone(),
-                            started_at: super::sqlite::to_time(now),
+                            started_at: to_time(now),
                             done: Vec::new(),
                         });
                     }
@@ -617,9 +618,9 @@ impl<'c> Writer<'c> {
                 id: id.into(),
                 recipe,
                 recipe_version,
-                payload: super::sqlite::parse_json("events.payload", &payload)?,
+                payload: parse_json("events.payload", &payload)?,
                 ordering_key,
-                started_at: super::sqlite::to_time(started_at),
+                started_at: to_time(started_at),
                 done,
             });
         }
@@ -788,6 +789,15 @@ const CLAIM: &str = "UPDATE runs SET status = 'running', lease_owner = ?1, lease
      WHERE seq = ?4
      RETURNING id, recipe, recipe_version, event_id, started_at, ordering_key";
 
+/// Inserts versions in the writer's transaction; known ones are kept.
+fn insert_versions(c: &rusqlite::Connection, versions: &[StoredVersion]) -> Result<(), StoreError> {
+    for v in versions {
+        c.prepare_cached("INSERT INTO recipe_versions (recipe, version, file, source, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(recipe, version) DO NOTHING")?
+            .execute(rusqlite::params![v.recipe, v.version, v.file, v.source, v.loaded_at.timestamp_millis()])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,7 +815,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_end_adds_the_steps_not_checkpointed_and_keeps_the_others() {
         let c = writer_conn().await;
-        let now = super::super::sqlite::now_ms();
+        let now = super::now_ms();
         c.execute("INSERT INTO runs (id, event_id, recipe, recipe_version, status, created_at, updated_at) VALUES ('r1', 'e1', 'r', 'v', 'running', 0, 0)", [])
             .unwrap();
         let lease = Duration::from_secs(30);
@@ -853,7 +863,7 @@ mod tests {
     async fn a_failing_job_fails_alone_and_the_writer_goes_on() {
         let c = writer_conn().await;
         let mut w = Writer::new(&c).unwrap();
-        let now = super::super::sqlite::now_ms();
+        let now = super::now_ms();
         // The same event id twice: the second insert breaks the events key.
         let jobs = vec![ingest("e1").0, ingest("e1").0, ingest("e2").0];
         assert!(matches!(w.batch(&jobs, now, false), Err(BatchError::Job)));
@@ -873,7 +883,7 @@ mod tests {
     #[tokio::test]
     async fn claims_of_different_sizes_reuse_one_compiled_statement() {
         let c = writer_conn().await;
-        let now = super::super::sqlite::now_ms();
+        let now = super::now_ms();
         let mut w = Writer::new(&c).unwrap();
         for max in [256, 3, 64, 1, 200] {
             w.claim_batch("w", Duration::from_secs(30), max, now)
